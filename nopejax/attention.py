@@ -1,0 +1,155 @@
+"""Masks and the three attention paths: reference einsum, jax.nn.dot_product_attention, blockwise.
+
+All paths take q [B, T, N, H], k and v [B, S, K, H] (GQA: N = K * G), a `Keys` description of
+who may see whom, and an optional `bias_fn(q_pos_BT, k_pos_BS) -> [B, N, T, S]`; they agree up
+to floating-point rounding. Queries must already carry the softmax scale.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30  # finite, so fully masked blocks of the blockwise path give no NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+  kind: str = "full"  # full | sliding | chunked
+  size: int = 0
+
+
+def mask(q_idx_T, k_idx_S, q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS, window):
+  """Who may attend to whom: [B, T, S] bool.
+
+  Causality is by index in the sequence (so packed rows stay causal); documents by segment id;
+  windows by position, so a packed document's window starts at its own first token.
+  """
+  allowed_BTS = (q_idx_T[:, None] >= k_idx_S[None, :])[None]
+  allowed_BTS &= q_seg_BT[:, :, None] == k_seg_BS[:, None, :]
+  if window.kind == "sliding":
+    allowed_BTS &= q_pos_BT[:, :, None] - k_pos_BS[:, None, :] < window.size
+  elif window.kind == "chunked":
+    allowed_BTS &= q_pos_BT[:, :, None] // window.size == k_pos_BS[:, None, :] // window.size
+  return allowed_BTS
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+  """Indices, positions and segment ids of queries and keys, and the layer's window."""
+  q_idx_T: jax.Array
+  k_idx_S: jax.Array
+  q_pos_BT: jax.Array
+  k_pos_BS: jax.Array
+  q_seg_BT: jax.Array
+  k_seg_BS: jax.Array
+  window: Window
+
+  def mask(self):
+    return mask(self.q_idx_T, self.k_idx_S, self.q_pos_BT, self.k_pos_BS, self.q_seg_BT,
+                self.k_seg_BS, self.window)
+
+
+BiasFn = Optional[Callable[[jax.Array, jax.Array], jax.Array]]
+
+
+def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
+  """Plain einsum attention with an fp32 softmax: the definition the other paths must match."""
+  B, T, N, H = q_BTNH.shape
+  K = k_BSKH.shape[2]
+  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH).astype(jnp.float32)
+  if bias_fn is not None:
+    bias_BNTS = bias_fn(keys.q_pos_BT, keys.k_pos_BS)
+    logits_BKGTS += bias_BNTS.reshape(B, K, N // K, T, -1)
+  logits_BKGTS = jnp.where(keys.mask()[:, None, None], logits_BKGTS, NEG_INF)
+  probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1).astype(v_BSKH.dtype)
+  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS, v_BSKH)
+  return out_BTKGH.reshape(B, T, N, H)
+
+
+def xla(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
+  """jax.nn.dot_product_attention: XLA on CPU/TPU, cuDNN flash attention on GPU when it applies."""
+  bias = None if bias_fn is None else bias_fn(keys.q_pos_BT, keys.k_pos_BS).astype(q_BTNH.dtype)
+  return jax.nn.dot_product_attention(
+      q_BTNH, k_BSKH, v_BSKH, bias=bias, mask=keys.mask()[:, None], scale=1.0)
+
+
+def _blocks(x, size, axis):
+  """Pads `axis` to a multiple of `size` and splits it: [..., n, size, ...] with n first."""
+  length = x.shape[axis]
+  pad = -length % size
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  x = jnp.pad(x, widths)
+  x = x.reshape(x.shape[:axis] + ((length + pad) // size, size) + x.shape[axis + 1:])
+  return jnp.moveaxis(x, axis, 0)
+
+
+def blockwise(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None, *, block_size=512):
+  """Online-softmax attention over key blocks, one query block at a time.
+
+  Peak memory is O(T * block_size) rather than O(T * S), which is what lets a CPU evaluate
+  16k-token contexts. Padded keys get an index past every query, so causality masks them.
+  """
+  B, T, N, H = q_BTNH.shape
+  S, K = k_BSKH.shape[1], k_BSKH.shape[2]
+  G = N // K
+  bq, bk = min(block_size, T), min(block_size, S)
+  q_nBtKGH = _blocks(q_BTNH.reshape(B, T, K, G, H), bq, 1)
+  q_idx_nt = _blocks(keys.q_idx_T, bq, 0)
+  q_pos_nBt = _blocks(keys.q_pos_BT, bq, 1)
+  q_seg_nBt = _blocks(keys.q_seg_BT, bq, 1)
+  k_mBsKH = _blocks(k_BSKH, bk, 1)
+  v_mBsKH = _blocks(v_BSKH, bk, 1)
+  k_idx_S = jnp.pad(keys.k_idx_S, (0, -S % bk), constant_values=jnp.iinfo(jnp.int32).max)
+  k_idx_ms = _blocks(k_idx_S, bk, 0)
+  k_pos_mBs = _blocks(keys.k_pos_BS, bk, 1)
+  k_seg_mBs = _blocks(keys.k_seg_BS, bk, 1)
+
+  def one_query_block(q_args):
+    q_BtKGH, q_idx_t, q_pos_Bt, q_seg_Bt = q_args
+    t = q_BtKGH.shape[1]
+
+    def one_key_block(carry, k_args):
+      m_BKGt, l_BKGt, acc_BtKGH = carry
+      k_BsKH, v_BsKH, k_idx_s, k_pos_Bs, k_seg_Bs = k_args
+      logits_BKGts = jnp.einsum("BtKGH,BsKH->BKGts", q_BtKGH, k_BsKH).astype(jnp.float32)
+      if bias_fn is not None:
+        logits_BKGts += bias_fn(q_pos_Bt, k_pos_Bs).reshape(B, K, G, t, -1)
+      allowed_Bts = mask(q_idx_t, k_idx_s, q_pos_Bt, k_pos_Bs, q_seg_Bt, k_seg_Bs, keys.window)
+      logits_BKGts = jnp.where(allowed_Bts[:, None, None], logits_BKGts, NEG_INF)
+      m_new = jnp.maximum(m_BKGt, logits_BKGts.max(-1))
+      p_BKGts = jnp.exp(logits_BKGts - m_new[..., None])
+      p_BKGts = jnp.where(allowed_Bts[:, None, None], p_BKGts, 0.0)
+      correction = jnp.exp(m_BKGt - m_new)
+      l_new = l_BKGt * correction + p_BKGts.sum(-1)
+      pv_BtKGH = jnp.einsum("BKGts,BsKH->BtKGH", p_BKGts.astype(v_BsKH.dtype), v_BsKH)
+      acc_new = acc_BtKGH * jnp.moveaxis(correction, -1, 1)[..., None] + pv_BtKGH
+      return (m_new, l_new, acc_new), None
+
+    init = (jnp.full((B, K, G, t), NEG_INF, jnp.float32), jnp.zeros((B, K, G, t), jnp.float32),
+            jnp.zeros((B, t, K, G, H), jnp.float32))
+    (_, l_BKGt, acc_BtKGH), _ = jax.lax.scan(
+        one_key_block, init, (k_mBsKH, v_mBsKH, k_idx_ms, k_pos_mBs, k_seg_mBs))
+    return acc_BtKGH / jnp.moveaxis(jnp.maximum(l_BKGt, 1e-30), -1, 1)[..., None]
+
+  out_nBtKGH = jax.lax.map(one_query_block, (q_nBtKGH, q_idx_nt, q_pos_nBt, q_seg_nBt))
+  out_BTKGH = jnp.moveaxis(out_nBtKGH, 0, 1).reshape(B, -1, K, G, H)[:, :T]
+  return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+
+
+PATHS = {"reference": reference, "xla": xla, "blockwise": blockwise}
+
+
+def choose(impl, *, has_bias, length, blockwise_above, backend=None):
+  """The attention path for one layer: `auto` resolves by sequence length, bias and backend."""
+  if impl != "auto":
+    return impl
+  if length > blockwise_above:
+    return "blockwise"
+  backend = backend or jax.default_backend()
+  if backend == "gpu" and not has_bias:
+    return "xla"  # cuDNN flash attention through jax.nn.dot_product_attention
+  return "reference"

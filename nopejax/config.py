@@ -1,0 +1,143 @@
+"""The model config group, its validation, and the resolved static model spec."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from nopejax import layers
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+INPUT_POSITIONS = ("none", "learned", "sinusoidal")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "blockwise")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def model_config():
+  """Defaults of the `model` group: a tiny NoPE model; configs/ override what they need."""
+  c = ml_collections.ConfigDict()
+  c.vocab_size = 256  # tokens; must cover the tokenizer's ids
+  c.d_model = 64  # residual stream width
+  c.num_layers = 4  # decoder blocks
+  c.num_heads = 4  # query heads
+  c.num_kv_heads = 4  # key/value heads (GQA when fewer than num_heads)
+  c.head_dim = config_dict.placeholder(int)  # None: d_model // num_heads
+  c.d_ff = 256  # SwiGLU hidden width
+  c.positions = "nope"  # per-layer schemes: a period or full list, or a preset (see layers.py)
+  c.windows = "full"  # per-layer attention windows, tiled like positions
+  c.input_positions = "none"  # absolute embeddings added to the input: none|learned|sinusoidal
+  c.max_len = 2048  # table size of learned input positions (evaluation beyond it is refused)
+  c.rope_theta = 10000.0  # RoPE base wavelength
+  c.rope_fraction = 1.0  # share of head dims rotated (Kazemnejad's rotary baseline: 0.25)
+  c.t5_num_buckets = 32  # T5 relative-bias buckets (causal: all on the past side)
+  c.t5_max_distance = 128  # distance at which T5 buckets stop growing
+  c.query_temperature = config_dict.placeholder(bool)  # Llama 4 NoPE query temperature; None: preset decides
+  c.temperature_floor_scale = 8192.0  # Llama 4: log(floor((pos+1)/floor_scale)+1)*attn_scale+1
+  c.temperature_attn_scale = 0.1
+  c.tie_embeddings = True  # output head reuses the input embedding
+  c.qk_norm = False  # RMSNorm on queries and keys per head (Qwen3)
+  c.attn_bias = False  # biases on q/k/v projections (Qwen2)
+  c.mlp_bias = False  # biases in the MLP (some Llama variants)
+  c.norm_eps = 1e-6  # RMSNorm epsilon
+  c.dtype = "float32"  # compute dtype: float32|bfloat16
+  c.param_dtype = "float32"  # storage dtype of the parameters (fp32 master weights)
+  c.attention_impl = "auto"  # auto|reference|xla|blockwise
+  c.block_size = 512  # query/key block of the blockwise path
+  c.blockwise_above = 4096  # auto uses the blockwise path for sequences longer than this
+  c.remat = "none"  # activation checkpointing per scanned period: none|full|dots
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything the model needs, hashable and resolved: the per-layer types are Python values."""
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  d_ff: int
+  layers: tuple  # LayerType per layer
+  period: tuple  # the repeating LayerTypes, scanned over num_layers // len(period)
+  input_positions: str
+  max_len: int
+  rope_theta: float
+  rope_dim: int
+  t5_num_buckets: int
+  t5_max_distance: int
+  query_temperature: bool
+  temperature_floor_scale: float
+  temperature_attn_scale: float
+  tie_embeddings: bool
+  qk_norm: bool
+  attn_bias: bool
+  mlp_bias: bool
+  norm_eps: float
+  dtype: object
+  param_dtype: object
+  attention_impl: str
+  block_size: int
+  blockwise_above: int
+  remat: str
+
+  @property
+  def repeats(self):
+    return self.num_layers // len(self.period)
+
+
+def _choice(value, allowed, key):
+  if value not in allowed:
+    raise ValueError(f"{key}: unknown value {value!r}; allowed: {', '.join(allowed)}")
+  return value
+
+
+def _positive(cfg, *keys):
+  for key in keys:
+    value = cfg[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"model.{key}: expected a positive integer, got {value!r}")
+
+
+def resolve(cfg):
+  """Validates the `model` group and returns its ModelSpec; errors name the key."""
+  if isinstance(cfg, ModelSpec):
+    return cfg
+  _positive(cfg, "vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "d_ff",
+            "max_len", "block_size", "t5_num_buckets", "t5_max_distance")
+  if cfg.num_heads % cfg.num_kv_heads:
+    raise ValueError(f"model.num_heads={cfg.num_heads} is not divisible by "
+                     f"model.num_kv_heads={cfg.num_kv_heads}")
+  head_dim = cfg.head_dim
+  if head_dim is None:
+    if cfg.d_model % cfg.num_heads:
+      raise ValueError(f"model.d_model={cfg.d_model} is not divisible by "
+                       f"model.num_heads={cfg.num_heads}; set model.head_dim")
+    head_dim = cfg.d_model // cfg.num_heads
+  elif head_dim <= 0:
+    raise ValueError(f"model.head_dim: expected a positive integer, got {head_dim}")
+  types = layers.layer_types(cfg.positions, cfg.windows, cfg.num_layers)
+  rope_dim = 0
+  if any(t.scheme == "rope" for t in types):
+    rope_dim = layers.rotary_dim(head_dim, cfg.rope_fraction)
+  if cfg.rope_theta <= 0:
+    raise ValueError(f"model.rope_theta: expected a positive number, got {cfg.rope_theta}")
+  return ModelSpec(
+      vocab_size=cfg.vocab_size, d_model=cfg.d_model, num_layers=cfg.num_layers,
+      num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=head_dim, d_ff=cfg.d_ff,
+      layers=types, period=layers.period(types),
+      input_positions=_choice(cfg.input_positions, INPUT_POSITIONS, "model.input_positions"),
+      max_len=cfg.max_len, rope_theta=float(cfg.rope_theta), rope_dim=rope_dim,
+      t5_num_buckets=cfg.t5_num_buckets, t5_max_distance=cfg.t5_max_distance,
+      query_temperature=layers.uses_temperature(cfg.positions, cfg.query_temperature),
+      temperature_floor_scale=float(cfg.temperature_floor_scale),
+      temperature_attn_scale=float(cfg.temperature_attn_scale),
+      tie_embeddings=bool(cfg.tie_embeddings), qk_norm=bool(cfg.qk_norm),
+      attn_bias=bool(cfg.attn_bias), mlp_bias=bool(cfg.mlp_bias), norm_eps=float(cfg.norm_eps),
+      dtype=DTYPES[_choice(cfg.dtype, tuple(DTYPES), "model.dtype")],
+      param_dtype=DTYPES[_choice(cfg.param_dtype, tuple(DTYPES), "model.param_dtype")],
+      attention_impl=_choice(cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl"),
+      block_size=cfg.block_size, blockwise_above=cfg.blockwise_above,
+      remat=_choice(cfg.remat, REMAT_POLICIES, "model.remat"),
+  )

@@ -1,0 +1,181 @@
+"""The decoder: pre-norm blocks whose positional scheme and window are static per layer.
+
+Layers are grouped into the pattern's repeating period (`spec.period`) and `nn.scan`ned over its
+repeats, so compile time depends on the period, not the depth. Parameters carry logical axis
+names for sharding; `init` returns them unboxed as a plain nested dict.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nopejax import attention
+from nopejax import config as config_lib
+from nopejax import positions as pos_lib
+
+REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _param(module, name, init, shape, axes, dtype):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+def _fan_in(*axes):
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=axes,
+                                          out_axis=())
+
+
+class RMSNorm(nn.Module):
+  spec: config_lib.ModelSpec
+  axis: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis,),
+                   self.spec.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.spec.norm_eps)
+    return (x32 * scale.astype(jnp.float32)).astype(self.spec.dtype)
+
+
+class Attention(nn.Module):
+  spec: config_lib.ModelSpec
+  layer: object  # layers.LayerType
+
+  def _proj(self, name, x_BTD, heads, axis):
+    s = self.spec
+    w_DNH = _param(self, name, _fan_in(0), (s.d_model, heads, s.head_dim),
+                   ("embed", axis, "head_dim"), s.param_dtype)
+    y_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, w_DNH.astype(s.dtype))
+    if s.attn_bias:
+      b_NH = _param(self, name + "_bias", nn.initializers.zeros, (heads, s.head_dim),
+                    (axis, "head_dim"), s.param_dtype)
+      y_BTNH += b_NH.astype(s.dtype)
+    return y_BTNH
+
+  @nn.compact
+  def __call__(self, x_BTD, keys):
+    s, layer = self.spec, self.layer
+    q_BTNH = self._proj("q", x_BTD, s.num_heads, "heads")
+    k_BSKH = self._proj("k", x_BTD, s.num_kv_heads, "kv_heads")
+    v_BSKH = self._proj("v", x_BTD, s.num_kv_heads, "kv_heads")
+    if s.qk_norm:
+      q_BTNH = RMSNorm(s, "head_dim", name="q_norm")(q_BTNH)
+      k_BSKH = RMSNorm(s, "head_dim", name="k_norm")(k_BSKH)
+    if layer.scheme == "rope":
+      rope = functools.partial(pos_lib.rope, theta=s.rope_theta, rotary_dim=s.rope_dim)
+      q_BTNH, k_BSKH = rope(q_BTNH, keys.q_pos_BT), rope(k_BSKH, keys.k_pos_BS)
+    q_BTNH = q_BTNH * s.head_dim ** -0.5
+    if layer.scheme == "nope" and s.query_temperature:
+      temp_BT = pos_lib.query_temperature(keys.q_pos_BT, floor_scale=s.temperature_floor_scale,
+                                          attn_scale=s.temperature_attn_scale)
+      q_BTNH = q_BTNH * temp_BT[:, :, None, None].astype(q_BTNH.dtype)
+    bias_fn = None
+    if layer.scheme == "alibi":
+      bias_fn = functools.partial(pos_lib.alibi_bias, num_heads=s.num_heads)
+    elif layer.scheme == "t5":
+      # One table per T5 layer: with per-layer schemes there is no "first layer" to own a
+      # shared table, and each block stays self-contained under the scan.
+      table_UN = _param(self, "t5_bias", nn.initializers.normal(0.02),
+                        (s.t5_num_buckets, s.num_heads), ("buckets", "heads"), s.param_dtype)
+      bias_fn = functools.partial(pos_lib.t5_bias, table_UN=table_UN,
+                                  max_distance=s.t5_max_distance)
+    impl = attention.choose(s.attention_impl, has_bias=bias_fn is not None,
+                            length=x_BTD.shape[1], blockwise_above=s.blockwise_above)
+    path = attention.PATHS[impl]
+    if impl == "blockwise":
+      path = functools.partial(path, block_size=s.block_size)
+    out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
+    w_NHD = _param(self, "o", _fan_in(0, 1), (s.num_heads, s.head_dim, s.d_model),
+                   ("heads", "head_dim", "embed"), s.param_dtype)
+    return jnp.einsum("BTNH,NHD->BTD", out_BTNH.astype(s.dtype), w_NHD.astype(s.dtype))
+
+
+class MLP(nn.Module):
+  spec: config_lib.ModelSpec
+
+  def _dense(self, name, x, shape, axes, spec_in):
+    s = self.spec
+    w = _param(self, name, _fan_in(0), shape, axes, s.param_dtype)
+    y = jnp.einsum(spec_in, x, w.astype(s.dtype))
+    if s.mlp_bias:
+      y += _param(self, name + "_bias", nn.initializers.zeros, shape[-1:], axes[-1:],
+                  s.param_dtype).astype(s.dtype)
+    return y
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    s = self.spec
+    gate_BTF = self._dense("gate", x_BTD, (s.d_model, s.d_ff), ("embed", "mlp"), "BTD,DF->BTF")
+    up_BTF = self._dense("up", x_BTD, (s.d_model, s.d_ff), ("embed", "mlp"), "BTD,DF->BTF")
+    h_BTF = nn.silu(gate_BTF) * up_BTF
+    h_BTF = nn.with_logical_constraint(h_BTF, ("batch", "length", "mlp"))
+    return self._dense("down", h_BTF, (s.d_ff, s.d_model), ("mlp", "embed"), "BTF,FD->BTD")
+
+
+class Block(nn.Module):
+  spec: config_lib.ModelSpec
+  layer: object
+
+  @nn.compact
+  def __call__(self, x_BTD, context):
+    idx_T, pos_BT, seg_BT = context
+    window = attention.Window(self.layer.window, self.layer.window_size)
+    keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window)
+    h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
+    x_BTD += Attention(self.spec, self.layer, name="attn")(h_BTD, keys)
+    h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
+    x_BTD += MLP(self.spec, name="mlp")(h_BTD)
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+
+
+class Period(nn.Module):
+  """One repeat of the layer pattern: a Block per LayerType of the period, each static."""
+  spec: config_lib.ModelSpec
+
+  @nn.compact
+  def __call__(self, x_BTD, context):
+    for i, layer in enumerate(self.spec.period):
+      x_BTD = Block(self.spec, layer, name=f"block_{i}")(x_BTD, context)
+    return x_BTD, None
+
+
+class Decoder(nn.Module):
+  spec: config_lib.ModelSpec
+
+  @nn.compact
+  def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
+    s = self.spec
+    embedding_VD = _param(self, "embedding", nn.initializers.normal(s.d_model ** -0.5),
+                          (s.vocab_size, s.d_model), ("vocab", "embed"), s.param_dtype)
+    x_BTD = jnp.take(embedding_VD, tokens_BT, axis=0).astype(s.dtype)
+    if s.input_positions == "learned":
+      table_LD = _param(self, "pos_embedding", nn.initializers.normal(0.02),
+                        (s.max_len, s.d_model), ("length", "embed"), s.param_dtype)
+      x_BTD += jnp.take(table_LD, positions_BT, axis=0).astype(s.dtype)
+    elif s.input_positions == "sinusoidal":
+      x_BTD += pos_lib.sinusoidal(positions_BT, s.d_model).astype(s.dtype)
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+
+    period = Period
+    if s.remat != "none":
+      period = nn.remat(Period, policy=REMAT[s.remat], prevent_cse=False)
+    context = (jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), positions_BT, segment_ids_BT)
+    x_BTD, _ = nn.scan(
+        period, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=nn.broadcast, length=s.repeats,
+        metadata_params={nn.PARTITION_NAME: "layers"})(s, name="layers")(x_BTD, context)
+
+    x_BTD = RMSNorm(s, name="final_norm")(x_BTD)
+    if s.tie_embeddings:
+      head_DV = embedding_VD.T
+    else:
+      head_DV = _param(self, "lm_head", _fan_in(0), (s.d_model, s.vocab_size),
+                       ("embed", "vocab"), s.param_dtype)
+    logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(s.dtype))
+    return logits_BTV.astype(jnp.float32)
