@@ -121,6 +121,11 @@ def resolve(cfg):
   rope_dim = 0
   if any(t.scheme == "rope" for t in types):
     rope_dim = layers.rotary_dim(head_dim, cfg.rope_fraction)
+  if any(t.scheme == "t5" for t in types) and not (
+      cfg.t5_num_buckets >= 2 and cfg.t5_max_distance > cfg.t5_num_buckets // 2):
+    # Below this the log-spaced buckets divide by zero and silently give garbage ids.
+    raise ValueError(f"model.t5_max_distance={cfg.t5_max_distance} must exceed half of "
+                     f"model.t5_num_buckets={cfg.t5_num_buckets} (and num_buckets >= 2)")
   if cfg.rope_theta <= 0:
     raise ValueError(f"model.rope_theta: expected a positive number, got {cfg.rope_theta}")
   return ModelSpec(

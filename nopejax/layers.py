@@ -115,8 +115,9 @@ def uses_temperature(positions, query_temperature):
 
 def rotary_dim(head_dim, fraction):
   """Number of rotated dims per head; even and positive or a ValueError naming the key."""
-  dim = int(round(head_dim * fraction))
-  if dim <= 0 or dim % 2 or dim > head_dim or not math.isfinite(fraction):
+  # Checked before rounding: int(round(nan)) would raise an error that names no key.
+  dim = int(round(head_dim * fraction)) if math.isfinite(fraction) else 0
+  if dim <= 0 or dim % 2 or dim > head_dim:
     raise ValueError(
         f"model.rope_fraction={fraction} gives {dim} rotated dims of head_dim={head_dim}; "
         "expected an even number in (0, head_dim]")

@@ -14,7 +14,7 @@ def rope(x_BTNH, positions_BT, *, theta, rotary_dim):
   """Rotates the first `rotary_dim` dims of each head (rotate-half layout, as in Llama/HF)."""
   half = rotary_dim // 2
   inv_freq_R = 1.0 / theta ** (np.arange(half, dtype=np.float32) * 2 / rotary_dim)
-  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq_R
+  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq_R[None, None]
   cos_BT1R = jnp.cos(angle_BTR)[:, :, None, :]
   sin_BT1R = jnp.sin(angle_BTR)[:, :, None, :]
   x1 = x_BTNH[..., :half].astype(jnp.float32)
@@ -69,7 +69,7 @@ def sinusoidal(positions_BT, dim):
   """Vaswani et al.'s absolute embedding: [sin | cos] of pos / 10000^(2i/dim), [B, T, dim]."""
   half = dim // 2
   inv_freq = 1.0 / 10000.0 ** (np.arange(half, dtype=np.float32) / half)
-  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None]
   emb = jnp.concatenate([jnp.sin(angle_BTR), jnp.cos(angle_BTR)], axis=-1)
   return jnp.pad(emb, ((0, 0), (0, 0), (0, dim - 2 * half)))
 
