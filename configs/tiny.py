@@ -34,3 +34,8 @@ def get_config(arg=None):
   c.train.progress = False  # tests read stdout
   c.eval.max_examples = 20
   return c
+
+
+def get_sweep(arg=None):
+  """Two tiny runs, so the sweep machinery is tested in seconds."""
+  return [{"model.positions": p} for p in ("nope", "rope")]

@@ -84,8 +84,9 @@ class Checkpointer:
     self.damaged_dir = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                            create=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "config"))
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def _step_dir(self, step):
     return os.path.join(self.directory, str(step))

@@ -256,3 +256,32 @@ def export_params(workdir, params):
   """Params only, for evaluation and the Hugging Face exporter: WORKDIR/params/."""
   from nopejax import params_io
   params_io.save_params(os.path.join(os.path.abspath(workdir), "params"), params)
+
+
+def load_config(workdir):
+  """The resolved config a run wrote to WORKDIR/config.json."""
+  import ml_collections
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"--workdir: {workdir!r} has no config.json; pass --config")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def latest_params(cfg, workdir):
+  """Params of the newest intact checkpoint in `workdir`, else its params/ export."""
+  spec = experiment.validate(cfg)
+  tx, _ = optimizer_lib.make(cfg.opt, cfg.train.steps)
+  mesh = sharding.make_mesh(cfg.mesh)
+  abstract, shardings = state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(abstract)
+    ckpt.close()
+    if restored:
+      return restored[1]["params"]
+  if os.path.isdir(os.path.join(workdir, "params")):
+    return _load_init_params(workdir, abstract["params"])
+  raise ValueError(f"--workdir: {workdir!r} holds no checkpoint and no params/ export")

@@ -1,0 +1,127 @@
+"""python -m nopejax.sweep --config=configs/X.py[:arg] --workdir=DIR [--launcher=local|print]
+
+Expands the config file's `get_sweep(arg)` (a list of {dotted key: value} overrides) into runs,
+each in DIR/<its overrides>. `local` trains them one after another in this process (finished
+runs are skipped, unfinished ones resume), then evaluates them all into one table and plot in
+DIR/eval and a summary of final metrics in DIR/summary.md; `print` prints one train command per run.
+"""
+
+import copy
+import importlib.util
+import json
+import os
+import shlex
+import sys
+
+from absl import app, flags, logging
+
+from nopejax import evaluate as evaluate_lib
+from nopejax import evaluation, training
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config and get_sweep: path[:arg].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
+_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run here, or print commands.")
+_EVALUATE = flags.DEFINE_bool("evaluate", True, "After local runs, evaluate and compare them.")
+
+
+def load_config_module(spec):
+  """`path[:arg]` -> (module, arg)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise ValueError(f"--config: no such file {path!r}")
+  module_spec = importlib.util.spec_from_file_location("nopejax_sweep_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module, arg or None
+
+
+def run_name(overrides):
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()).replace("/", "_")
+
+
+def expand(module, arg):
+  """[(name, overrides, config)] for every point of the sweep."""
+  if not hasattr(module, "get_sweep"):
+    raise ValueError("--config: the config file defines no get_sweep(arg)")
+  base = module.get_config(arg)
+  runs = []
+  for overrides in module.get_sweep(arg):
+    cfg = copy.deepcopy(base)
+    for key, value in overrides.items():
+      group, _, field = key.rpartition(".")
+      node = cfg
+      for part in filter(None, group.split(".")):
+        node = node[part]
+      if field not in node:
+        raise ValueError(f"sweep: unknown config key {key!r}")
+      node[field] = value
+    runs.append((run_name(overrides), overrides, cfg))
+  return runs
+
+
+def finished(cfg, workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
+  return bool(steps) and max(steps) >= cfg.train.steps and os.path.isdir(
+      os.path.join(workdir, "checkpoints"))
+
+
+def summary(runs, workdir):
+  """Markdown table of each run's last logged metrics."""
+  keys = ("loss", "accuracy", "val_loss", "val_accuracy", "tokens_per_s")
+  lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+  for name, _, _ in runs:
+    last = {}
+    path = os.path.join(workdir, name, "metrics.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          last.update(json.loads(line))
+    cells = [f"{last[k]:.4g}" if k in last else "" for k in keys]
+    lines.append(f"| {name} | {last.get('step', '')} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  try:
+    module, arg = load_config_module(_CONFIG.value)
+    runs = expand(module, arg)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  if _LAUNCHER.value == "print":
+    for name, overrides, _ in runs:
+      flags_text = " ".join(f"--config.{k}={shlex.quote(str(v))}" for k, v in overrides.items())
+      print(f"python -m nopejax.train --config={_CONFIG.value} "
+            f"--workdir={os.path.join(_WORKDIR.value, name)} {flags_text}")
+    return
+  for i, (name, _, cfg) in enumerate(runs):
+    workdir = os.path.join(_WORKDIR.value, name)
+    if finished(cfg, workdir):
+      print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
+      continue
+    print(f"[{i + 1}/{len(runs)}] {name}: training in {workdir}")
+    try:
+      training.run(cfg, workdir)
+    except (ValueError, RuntimeError) as e:
+      sys.exit(f"error in run {name}: {e}")
+  text = summary(runs, _WORKDIR.value)
+  with open(os.path.join(_WORKDIR.value, "summary.md"), "w") as f:
+    f.write(text + "\n")
+  print(text)
+  if _EVALUATE.value:
+    results, cfg = evaluate_lib.evaluate_runs(
+        [os.path.join(_WORKDIR.value, name) for name, _, _ in runs])
+    out = os.path.join(_WORKDIR.value, "eval")
+    print(evaluation.write_outputs(results, cfg, out))
+    print(f"wrote {out}/results.json, tables.md, accuracy.png")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
