@@ -104,6 +104,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, tokenizer, **kwargs):
     self.tokenizer = tokenizer
     super().__init__(**kwargs)
+    # Grain workers unpickle the data source, which rebuilds the builder from
+    # these arguments; the features' dtype needs the tokenizer.
+    self._original_state['tokenizer'] = tokenizer
 
   def _info(self) -> tfds.core.DatasetInfo:
     # Generation order is already random; keeping it makes files readable in order.

@@ -30,6 +30,11 @@ def _fan_in(*axes):
                                           out_axis=())
 
 
+def _lookup(table, ids):
+  """Rows of `table`; ids outside [0, rows) give NaN rows (jnp.take would wrap negative ids)."""
+  return table.at[ids].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+
+
 class RMSNorm(nn.Module):
   spec: config_lib.ModelSpec
   axis: str = "norm"
@@ -40,7 +45,8 @@ class RMSNorm(nn.Module):
                    self.spec.param_dtype)
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.spec.norm_eps)
-    return (x32 * scale.astype(jnp.float32)).astype(self.spec.dtype)
+    scale_1D = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))  # no implicit rank
+    return (x32 * scale_1D).astype(self.spec.dtype)
 
 
 class Attention(nn.Module):
@@ -55,7 +61,7 @@ class Attention(nn.Module):
     if s.attn_bias:
       b_NH = _param(self, name + "_bias", nn.initializers.zeros, (heads, s.head_dim),
                     (axis, "head_dim"), s.param_dtype)
-      y_BTNH += b_NH.astype(s.dtype)
+      y_BTNH += b_NH.astype(s.dtype)[None, None]
     return y_BTNH
 
   @nn.compact
@@ -105,7 +111,7 @@ class MLP(nn.Module):
     y = jnp.einsum(spec_in, x, w.astype(s.dtype))
     if s.mlp_bias:
       y += _param(self, name + "_bias", nn.initializers.zeros, shape[-1:], axes[-1:],
-                  s.param_dtype).astype(s.dtype)
+                  s.param_dtype).astype(s.dtype)[None, None]
     return y
 
   @nn.compact
@@ -153,11 +159,11 @@ class Decoder(nn.Module):
     s = self.spec
     embedding_VD = _param(self, "embedding", nn.initializers.normal(s.d_model ** -0.5),
                           (s.vocab_size, s.d_model), ("vocab", "embed"), s.param_dtype)
-    x_BTD = jnp.take(embedding_VD, tokens_BT, axis=0).astype(s.dtype)
+    x_BTD = _lookup(embedding_VD, tokens_BT).astype(s.dtype)
     if s.input_positions == "learned":
       table_LD = _param(self, "pos_embedding", nn.initializers.normal(0.02),
                         (s.max_len, s.d_model), ("length", "embed"), s.param_dtype)
-      x_BTD += jnp.take(table_LD, positions_BT, axis=0).astype(s.dtype)
+      x_BTD += _lookup(table_LD, positions_BT).astype(s.dtype)
     elif s.input_positions == "sinusoidal":
       x_BTD += pos_lib.sinusoidal(positions_BT, s.d_model).astype(s.dtype)
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))

@@ -41,8 +41,9 @@ def positions_from_segments(segment_ids_BT):
 def _check_concrete(spec, tokens, positions):
   """Checked mode: eager calls with concrete arrays validate ids; traced calls cannot.
 
-  Under jit, out-of-range token ids are not checked: jnp.take fills them with NaN, so the
-  logits become NaN and the training loop's non-finite guard stops on them.
+  Under jit, out-of-range token ids (negative ones included) are not checked: the embedding
+  lookup fills them with NaN, so the logits become NaN and the training loop's non-finite guard
+  stops on them.
   """
   if isinstance(tokens, jax.core.Tracer):
     return

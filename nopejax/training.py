@@ -64,7 +64,7 @@ def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches):
   count = jnp.maximum(sums["tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
   loss = sums["ce"] / count
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state["opt_state"], params)
   new_params = optax.apply_updates(params, updates)
@@ -181,7 +181,7 @@ def run(cfg, workdir):
   # --- checkpoint: resume automatically
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
   restored = ckpt.restore_latest(abstract)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     if restored:
       start, state, data_state = restored
       train_iter.set_state(data_state)
@@ -211,7 +211,7 @@ def run(cfg, workdir):
   window_start = time.perf_counter()
   step = start
   try:
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < cfg.train.steps:
         batch = _global_batch(next(train_iter), batch_sharding)
         state, metrics = step_fn(state, batch)

@@ -221,18 +221,24 @@ def test_loss_mask_covers_exactly_the_answer(cfg):
       assert trained == answers[doc[:len(doc) - len(trained)]]
 
 
-def test_train_iter_resumes_from_a_json_state(cfg):
+@pytest.mark.parametrize('num_workers', [0, 1])
+def test_train_iter_resumes_from_a_json_state(cfg, num_workers):
+  cfg.num_workers = num_workers
+
+  def take(it, n):  # copies: worker batches live in shared memory freed on close
+    return [{k: np.array(v) for k, v in next(it).items()} for _ in range(n)]
+
   it = data.train_iter(cfg, process_index=0, process_count=1)
-  for _ in range(30):  # several epochs of 96 documents
-    next(it)
+  take(it, 30)  # several epochs of 96 documents
   state = json.loads(json.dumps(it.get_state()))
-  expected = [next(it) for _ in range(5)]
+  expected = take(it, 5)
   resumed = data.train_iter(cfg, process_index=0, process_count=1)
   resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
+  for want, got in zip(expected, take(resumed, 5)):
     for key in want:
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  it.close()
+  resumed.close()
 
 
 def test_train_iter_is_deterministic_and_reshuffles_each_epoch(cfg):

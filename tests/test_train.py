@@ -66,7 +66,9 @@ def test_loss_falls_on_copy(tmp_path):
                                  "train.eval_every": 0, "train.checkpoint_every": 150})
   training.run(cfg, str(tmp_path / "run"))
   losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
-  assert losses[-1] < 0.5 * losses[0], losses
+  # Below the entropy of a uniform guess over the 26 letters copied: the copy has been learned
+  # in part, not only the answer format.
+  assert losses[-1] < 0.7 * losses[0] and losses[-1] < np.log(26), losses
 
 
 @pytest.mark.parametrize("name", ["cosine", "wsd", "constant"])
