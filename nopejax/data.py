@@ -19,6 +19,7 @@ from typing import Iterator
 
 from absl import flags
 import grain
+import jax
 import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
@@ -28,7 +29,6 @@ from nopejax import tasks
 from nopejax import tokenizers
 
 KINDS = ('tasks', 'text', 'passkey')
-TOKENIZERS = ('auto', 'byte', 'task', 'sentencepiece', 'hf:PATH/tokenizer.json')
 OVERFLOWS = ('error', 'truncate')
 Batch = dict[str, np.ndarray]
 # Decoding a record is Python under the GIL, so reader threads only contend
@@ -91,16 +91,17 @@ def validate(data_cfg, vocab_size: int) -> None:  # pylint: disable=redefined-ou
   """Raises a one-line ValueError naming the bad `data.*` key. Builds nothing."""
   _check(data_cfg.kind in KINDS, f'data.kind: unknown kind {data_cfg.kind!r}; known: {", ".join(KINDS)}')
   tok = data_cfg.tokenizer
-  _check(tok in TOKENIZERS[:-1] or tok.startswith('hf:'),
-         f'data.tokenizer: unknown tokenizer {tok!r}; known: {", ".join(TOKENIZERS)}')
-  if tok.startswith('hf:'):
-    path = os.path.expanduser(tok[len('hf:'):])
+  _check(tok in tokenizers.NAMES or tok.startswith(tokenizers.HF_PREFIX),
+         f'data.tokenizer: unknown tokenizer {tok!r}; known: {", ".join(tokenizers.NAMES)}, '
+         f'{tokenizers.HF_PREFIX}PATH/tokenizer.json')
+  if tok.startswith(tokenizers.HF_PREFIX):
+    path = os.path.expanduser(tok[len(tokenizers.HF_PREFIX):])
     _check(os.path.isfile(path), f'data.tokenizer: {path} does not exist')
   _check(tok != 'task' or data_cfg.kind == 'tasks',
          f"data.tokenizer: 'task' only encodes task words, not data.kind={data_cfg.kind!r}")
   _check(data_cfg.overflow in OVERFLOWS,
          f'data.overflow: unknown value {data_cfg.overflow!r}; known: {", ".join(OVERFLOWS)}')
-  for key in ('batch_size', 'seq_len', 'num_train', 'num_test'):
+  for key in ('batch_size', 'seq_len', 'num_train', 'num_test', 'num_passkey'):
     _check(data_cfg[key] > 0, f'data.{key}: must be positive, got {data_cfg[key]}')
   _check(data_cfg.num_workers >= 0, f'data.num_workers: must be >= 0, got {data_cfg.num_workers}')
   _check(0 <= data_cfg.val_fraction < 1, f'data.val_fraction: must be in [0, 1), got {data_cfg.val_fraction}')
@@ -142,11 +143,6 @@ def _validate_corpus(corpus: str) -> None:
 def _check(ok, message: str) -> None:
   if not ok:
     raise ValueError(message)
-
-
-def test_lengths(data_cfg, task: str) -> list[int]:
-  """The lengths n with a 'test_<n>' split: 1..max test length."""
-  return list(range(1, datasets.task_lengths(data_cfg, task)[1] + 1))
 
 
 # ---------------------------------------------------------------- documents
@@ -198,22 +194,21 @@ class _Documents(grain.experimental.FlatMapTransform):
     return np.concatenate([[self.bos_id], *parts, [self.eos_id]]).astype(np.int32)
 
 
-def _row(doc_L: np.ndarray, prompt_len: int) -> Batch:
+def _row(doc: np.ndarray, prompt_len: int) -> Batch:
   # targets[t] = doc[t + 1], so the answer's first token is targets[prompt_len].
-  num_T = len(doc_L) - 1
-  return {'inputs': doc_L[:-1], 'targets': doc_L[1:],
-          'loss_mask': (np.arange(num_T) >= prompt_len).astype(np.float32)}
+  return {'inputs': doc[:-1], 'targets': doc[1:],
+          'loss_mask': (np.arange(len(doc) - 1) >= prompt_len).astype(np.float32)}
 
 
 def _pad_row(row: Batch, *, seq_len: int, pad_id: int) -> Batch:
   """One document per row: pad to seq_len, segment 1 on its tokens."""
-  num_T = len(row['inputs'])
-  pad = (0, seq_len - num_T)
-  real_T = np.arange(seq_len) < num_T
+  length = len(row['inputs'])
+  pad = (0, seq_len - length)
+  is_real_T = np.arange(seq_len) < length
   return {'inputs': np.pad(row['inputs'], pad, constant_values=pad_id),
           'targets': np.pad(row['targets'], pad, constant_values=pad_id),
-          'segment_ids': real_T.astype(np.int32),
-          'positions': np.where(real_T, np.arange(seq_len), 0).astype(np.int32),
+          'segment_ids': is_real_T.astype(np.int32),
+          'positions': np.where(is_real_T, np.arange(seq_len), 0).astype(np.int32),
           'loss_mask': np.pad(row['loss_mask'], pad)}
 
 
@@ -245,8 +240,6 @@ def _rows(records: grain.IterDataset, data_cfg, tok, *, num_bins: int, shuffle: 
 def _process_rows(data_cfg, process_index, process_count) -> tuple[int, int, int]:
   """(index, count, rows per process), defaulting to JAX's process index and count."""
   if process_index is None or process_count is None:
-    import jax  # lazy: only the defaults need it, and importing it costs a second
-
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if data_cfg.batch_size % process_count:
@@ -317,6 +310,11 @@ def _example(record: dict, tok) -> dict:
   return {'prompt': [tok.bos_id] + record['inputs'].tolist(),
           'answer': record['targets'].tolist() + [tok.eos_id],
           'length': int(record['length']), 'text': text}
+
+
+def test_lengths(data_cfg, task: str) -> list[int]:
+  """The lengths n with a 'test_<n>' split: 1..max test length."""
+  return list(range(1, datasets.task_lengths(data_cfg, task)[1] + 1))
 
 
 def task_examples(data_cfg, task: str, split: str) -> list[dict]:

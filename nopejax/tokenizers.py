@@ -24,6 +24,8 @@ from nopejax import tasks
 
 PAD, BOS, EOS = 0, 1, 2
 NUM_SPECIAL = 3
+NAMES = ('auto', 'byte', 'task', 'sentencepiece')  # plus HF_PREFIX + a tokenizer.json path
+HF_PREFIX = 'hf:'
 
 
 class Tokenizer(Protocol):
@@ -178,10 +180,10 @@ def get_tokenizer(data_cfg) -> Tokenizer:
     return TaskTokenizer()
   if name == 'sentencepiece':
     return SentencePieceTokenizer(sentencepiece_model(data_cfg))
-  if name.startswith('hf:'):
-    return HFTokenizer(os.path.expanduser(name[len('hf:'):]))
-  raise ValueError(f"data.tokenizer: unknown tokenizer {name!r}; known: auto, byte, task, "
-                   "sentencepiece, hf:PATH/tokenizer.json")
+  if name.startswith(HF_PREFIX):
+    return HFTokenizer(os.path.expanduser(name[len(HF_PREFIX):]))
+  raise ValueError(f'data.tokenizer: unknown tokenizer {name!r}; known: {", ".join(NAMES)}, '
+                   f'{HF_PREFIX}PATH/tokenizer.json')
 
 
 def sentencepiece_model(data_cfg) -> str:
