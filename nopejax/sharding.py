@@ -53,9 +53,21 @@ def check_divisible(spec, mesh_cfg, batch_size, num_devices):
                        f"model.{key}={getattr(spec, key)}")
 
 
-def logical_shardings(logical_specs, mesh, mesh_cfg):
+def _fit(spec, shape, mesh):
+  """Drops mesh axes from dims they do not divide (e.g. a 259-token vocab over tensor=2)."""
+  dims = []
+  for axes, size in zip(tuple(spec) + (None,) * (len(shape) - len(spec)), shape):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = tuple(a for a in names if size % mesh.shape[a] == 0)
+    dims.append(kept[0] if len(kept) == 1 else (kept or None))
+  return P(*dims)
+
+
+def logical_shardings(logical_specs, abstract, mesh, mesh_cfg):
   """PartitionSpecs of logical names -> NamedShardings on the mesh, per the config's rules."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules(mesh_cfg))
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules(mesh_cfg))
+  return jax.tree.map(lambda spec, a: NamedSharding(mesh, _fit(spec, a.shape, mesh)),
+                      mesh_specs, abstract, is_leaf=lambda x: isinstance(x, P))
 
 
 def batch_sharding(mesh, mesh_cfg):

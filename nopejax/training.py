@@ -99,7 +99,8 @@ def init_state(spec, tx, seed):
 def state_shardings(spec, tx, mesh, mesh_cfg, seed):
   """(abstract state, its NamedShardings): parameters by their logical axes, the rest replicated."""
   abstract = jax.eval_shape(functools.partial(init_state, spec, tx, seed))
-  param_shardings = sharding.logical_shardings(model_api.param_axes(spec), mesh, mesh_cfg)
+  param_shardings = sharding.logical_shardings(model_api.param_axes(spec), abstract["params"],
+                                               mesh, mesh_cfg)
   replicated = sharding.replicated(mesh)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract["opt_state"], param_shardings,
@@ -255,7 +256,7 @@ def _load_init_params(init_from, abstract_params):
 def export_params(workdir, params):
   """Params only, for evaluation and the Hugging Face exporter: WORKDIR/params/."""
   from nopejax import params_io
-  params_io.save_params(os.path.join(os.path.abspath(workdir), "params"), params)
+  params_io.save_params(os.path.join(os.path.abspath(workdir), "params"), params, force=True)
 
 
 def load_config(workdir):
