@@ -1,0 +1,49 @@
+"""Run by tests/test_sharding.py in a subprocess with 8 (or 1) host devices.
+
+  python tests/mesh_script.py WORKDIR DATA_DIR STEPS DATA,FSDP,TENSOR [DATA,FSDP,TENSOR ...]
+
+Trains configs/tiny.py in WORKDIR/<mesh> for each mesh and prints one JSON line: for each mesh,
+its losses and the sharding spec of a few parameters.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import logging  # noqa: E402
+
+from configs import tiny  # noqa: E402
+from nopejax import training  # noqa: E402
+
+
+def main(workdir, data_dir, steps, *meshes):
+  logging.set_verbosity(logging.ERROR)
+  out = {}
+  for mesh in meshes:
+    cfg = tiny.get_config()
+    cfg.model.num_kv_heads = 2  # so tensor=2 divides the kv heads
+    cfg.data.data_dir = data_dir
+    cfg.train.steps = int(steps)
+    cfg.train.log_every = 1
+    cfg.train.eval_every = 0
+    cfg.train.checkpoint_every = 5
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = map(int, mesh.split(","))
+    run_dir = os.path.join(workdir, mesh.replace(",", "_"))
+    params = training.run(cfg, run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    attn = params["layers"]["block_0"]["attn"]
+    out[mesh] = {
+        "losses": {r["step"]: r["loss"] for r in rows if "loss" in r},
+        "devices": jax.device_count(),
+        "q": str(attn["q"].sharding.spec), "gate": str(params["layers"]["block_0"]["mlp"]["gate"].sharding.spec),
+        "q_shard_shape": list(attn["q"].addressable_shards[0].data.shape),
+    }
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
