@@ -101,6 +101,9 @@ def _architecture(hf, where):
 
 def _rope_theta(hf, arch, where):
   params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  if any(key in ("full_attention", "sliding_attention") for key in params):
+    raise ValueError(f"{where}: rope_parameters per layer type are not supported; nopejax has "
+                     "one model.rope_theta")
   rope_type = params.get("rope_type", params.get("type", "default"))
   if rope_type != "default":
     raise ValueError(f"{where}: rope_parameters.rope_type={rope_type!r} is not supported; only "

@@ -239,6 +239,12 @@ def test_unsupported_architecture_and_rope_types_are_named(tmp_path):
     hf.model_config_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "factor": 8}})
   with pytest.raises(ValueError, match="hidden_act='gelu'"):
     hf.model_config_from_hf({**base, "hidden_act": "gelu"})
+  with pytest.raises(ValueError, match="rope_parameters per layer type"):
+    hf.model_config_from_hf({**base, "rope_parameters": {"full_attention": {"rope_theta": 1.0}}})
+  # transformers 4.x configs keep rope_theta at the top level; the class default fills a gap.
+  assert hf.model_config_from_hf({**base, "rope_theta": 123.0}).rope_theta == 123.0
+  assert hf.model_config_from_hf(
+      {**base, "architectures": ["SmolLM3ForCausalLM"], "num_key_value_heads": 2}).rope_theta == 2e6
 
 
 def _saved_tensors(tmp_path):
