@@ -9,6 +9,7 @@ text, so reading is a lookup; `inputs` is the prompt (or a whole text file) and
 """
 
 import dataclasses
+import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -250,8 +251,14 @@ def _prepare(builder_cls, config, tokenizer, data_cfg) -> dict:
   # TFDS logs one line per build; its per-split progress bars (dozens for the
   # test splits) would drown a training log.
   tfds.disable_progress_bar()
-  builder = builder_cls(config=config, tokenizer=tokenizer, data_dir=data_dir(data_cfg))
-  builder.download_and_prepare(file_format='array_record')
+  root = data_dir(data_cfg)
+  os.makedirs(root, exist_ok=True)
+  # Several processes of one job (or several jobs) may share a data directory: one builds
+  # while the others wait on the lock, then find the finished files and reuse them.
+  with open(os.path.join(root, f'.{config.name}.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = builder_cls(config=config, tokenizer=tokenizer, data_dir=root)
+    builder.download_and_prepare(file_format='array_record')
   return builder.as_data_source()
 
 

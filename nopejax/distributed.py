@@ -20,8 +20,9 @@ def initialize():
   """Calls jax.distributed.initialize when the flags or the environment ask for several processes."""
   f = flags.FLAGS
   if f[_COORDINATOR].value or (f[_NUM].value or 1) > 1:
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU processes need gloo for cross-process collectives; other backends ignore it. Asking
+    # jax for its backend here would start it before initialize, so the flag is set blindly.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f[_COORDINATOR].value,
                                num_processes=f[_NUM].value, process_id=f[_ID].value)
   elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:

@@ -1,0 +1,102 @@
+"""Launchers: dry runs print sane commands; two processes on 127.0.0.1 match one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+
+from nopejax import data as data_lib
+from nopejax import training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import tiny  # noqa: E402
+
+
+def bash(*args, env=None):
+  proc = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, **(env or {})))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_tpu_vm_dry_run():
+  out = bash("launch/tpu_vm.sh", "--dry-run", "--name", "slice", "--zone", "us-east5-a",
+             "--type", "v5p-32", "--", "--config=configs/smollm3_3b.py", "--workdir=/mnt/run")
+  lines = out.strip().splitlines()
+  assert lines[0].startswith("gcloud compute tpus tpu-vm create slice --zone us-east5-a "
+                             "--accelerator-type v5p-32")
+  assert all("--worker=all" in line for line in lines if " ssh " in line or " scp " in line)
+  assert lines[-1].endswith("-m nopejax.train --config=configs/smollm3_3b.py "
+                            "--workdir=/mnt/run '")
+
+
+def test_slurm_dry_run():
+  out = bash("launch/slurm.sbatch", "--dry-run", "--config=configs/smollm3_3b.py",
+             "--workdir=/shared/run")
+  assert out.startswith("srun --kill-on-bad-exit=1 --gpus-per-task=1 ")
+  assert "-m nopejax.train --config=configs/smollm3_3b.py --workdir=/shared/run" in out
+
+
+def test_multiprocess_dry_run():
+  out = bash("launch/multiprocess.sh", "--dry-run", "-n", "3", "--port", "4444", "--",
+             "--config=configs/tiny.py", "--workdir=/tmp/x").strip().splitlines()
+  assert len(out) == 3
+  for i, line in enumerate(out):
+    assert f"--coordinator_address=127.0.0.1:4444 --num_processes=3 --process_id={i} " \
+           "--config=configs/tiny.py --workdir=/tmp/x" in line
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+REAL_TRAIN_ITER = data_lib.train_iter
+
+
+class TwoShards:
+  """One process reading both processes' shards: the global batch two processes would see."""
+
+  def __init__(self, data_cfg, **_):
+    self.shards = [REAL_TRAIN_ITER(data_cfg, process_index=i, process_count=2)
+                   for i in range(2)]
+
+  def __next__(self):
+    parts = [next(s) for s in self.shards]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self):
+    return [s.get_state() for s in self.shards]
+
+  def set_state(self, state):
+    for s, st in zip(self.shards, state):
+      s.set_state(st)
+
+
+def test_two_processes_match_one(tmp_path, monkeypatch):
+  data_dir, steps = str(tmp_path / "data"), 8
+  flags = [f"--config.data.data_dir={data_dir}", f"--config.train.steps={steps}",
+           "--config.train.log_every=1", "--config.train.eval_every=4"]
+  bash("launch/multiprocess.sh", "-n", "2", "--port", str(_free_port()), "--",
+       "--config=configs/tiny.py", f"--workdir={tmp_path / 'two'}", *flags,
+       env={"PYTHON": sys.executable})
+  monkeypatch.setattr(data_lib, "train_iter", TwoShards)
+  cfg = tiny.get_config()
+  cfg.data.data_dir, cfg.train.steps, cfg.train.log_every, cfg.train.eval_every = (
+      data_dir, steps, 1, 4)
+  training.run(cfg, str(tmp_path / "one"))
+  read = lambda d: [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+  two, one = read("two"), read("one")
+  assert [r["step"] for r in two] == [r["step"] for r in one]
+  for a, b in zip(two, one):
+    for key in ("loss", "val_loss"):
+      if key in b:
+        assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
