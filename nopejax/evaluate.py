@@ -10,25 +10,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nopejax import evaluation, experiment, training
+from nopejax import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file; default: DIR/config.json.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run to evaluate; with --compare, where the "
                                "comparison is written.")
 _COMPARE = flags.DEFINE_list("compare", [], "Several run directories to put in one table and plot.")
-
-
-def evaluate_runs(workdirs, config=None):
-  """{run name: results} for each workdir, each with its own config unless one is given."""
-  runs, cfg = {}, config
-  for workdir in workdirs:
-    run_cfg = config if config is not None else training.load_config(workdir)
-    experiment.validate(run_cfg)
-    params = training.latest_params(run_cfg, workdir)
-    runs[os.path.basename(os.path.normpath(workdir))] = evaluation.evaluate_tasks(
-        run_cfg, experiment.validate(run_cfg), params)
-    cfg = cfg or run_cfg
-  return runs, cfg
 
 
 def main(argv):
@@ -39,7 +26,7 @@ def main(argv):
   if not workdirs or not all(workdirs):
     sys.exit("error: give --workdir=DIR or --compare=DIR1,DIR2")
   try:
-    runs, cfg = evaluate_runs(workdirs, _CONFIG.value if not _COMPARE.value else None)
+    runs, cfg = evaluation.evaluate_runs(workdirs, _CONFIG.value if not _COMPARE.value else None)
   except ValueError as e:
     sys.exit(f"error: {e}")
   out = os.path.join(_WORKDIR.value or workdirs[0], "eval")

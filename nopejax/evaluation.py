@@ -16,8 +16,10 @@ import numpy as np
 
 from nopejax import data as data_lib
 from nopejax import datasets
+from nopejax import experiment
 from nopejax import model_api
 from nopejax import tokenizers
+from nopejax import training
 
 
 def _pad_batch(examples, pad_id, multiple=16):
@@ -131,3 +133,16 @@ def write_outputs(runs, cfg, out_dir):
     f.write(text)
   plot(runs, cfg, os.path.join(out_dir, "accuracy.png"))
   return text
+
+
+def evaluate_runs(workdirs, config=None):
+  """{run name: results} for each workdir, each with its own config unless one is given."""
+  runs, cfg = {}, config
+  for workdir in workdirs:
+    run_cfg = config if config is not None else training.load_config(workdir)
+    experiment.validate(run_cfg)
+    params = training.latest_params(run_cfg, workdir)
+    runs[os.path.basename(os.path.normpath(workdir))] = evaluate_tasks(
+        run_cfg, experiment.validate(run_cfg), params)
+    cfg = cfg or run_cfg
+  return runs, cfg

@@ -15,13 +15,18 @@ import sys
 
 from absl import app, flags, logging
 
-from nopejax import evaluate as evaluate_lib
 from nopejax import evaluation, training
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config and get_sweep: path[:arg].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
-_LAUNCHER = flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run here, or print commands.")
-_EVALUATE = flags.DEFINE_bool("evaluate", True, "After local runs, evaluate and compare them.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Only when run as a program, so importing this module defines no flags."""
+  flags.DEFINE_string("config", None, "Config file with get_config and get_sweep: path[:arg].")
+  flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
+  flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run here, or print commands.")
+  flags.DEFINE_bool("evaluate", True, "After local runs, evaluate and compare them.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def load_config_module(spec):
@@ -90,18 +95,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    module, arg = load_config_module(_CONFIG.value)
+    module, arg = load_config_module(FLAGS.config)
     runs = expand(module, arg)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  if _LAUNCHER.value == "print":
+  if FLAGS.launcher == "print":
     for name, overrides, _ in runs:
       flags_text = " ".join(f"--config.{k}={shlex.quote(str(v))}" for k, v in overrides.items())
-      print(f"python -m nopejax.train --config={_CONFIG.value} "
-            f"--workdir={os.path.join(_WORKDIR.value, name)} {flags_text}")
+      print(f"python -m nopejax.train --config={FLAGS.config} "
+            f"--workdir={os.path.join(FLAGS.workdir, name)} {flags_text}")
     return
   for i, (name, _, cfg) in enumerate(runs):
-    workdir = os.path.join(_WORKDIR.value, name)
+    workdir = os.path.join(FLAGS.workdir, name)
     if finished(cfg, workdir):
       print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
       continue
@@ -110,18 +115,18 @@ def main(argv):
       training.run(cfg, workdir)
     except (ValueError, RuntimeError) as e:
       sys.exit(f"error in run {name}: {e}")
-  text = summary(runs, _WORKDIR.value)
-  with open(os.path.join(_WORKDIR.value, "summary.md"), "w") as f:
+  text = summary(runs, FLAGS.workdir)
+  with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
     f.write(text + "\n")
   print(text)
-  if _EVALUATE.value:
-    results, cfg = evaluate_lib.evaluate_runs(
-        [os.path.join(_WORKDIR.value, name) for name, _, _ in runs])
-    out = os.path.join(_WORKDIR.value, "eval")
+  if FLAGS.evaluate:
+    results, cfg = evaluation.evaluate_runs(
+        [os.path.join(FLAGS.workdir, name) for name, _, _ in runs])
+    out = os.path.join(FLAGS.workdir, "eval")
     print(evaluation.write_outputs(results, cfg, out))
     print(f"wrote {out}/results.json, tables.md, accuracy.png")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   app.run(main)

@@ -1,0 +1,53 @@
+"""Sweeps: expand, run, skip finished runs, summarize, compare; and the demo launcher."""
+
+import json
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from nopejax import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_expand_names_runs_by_their_overrides():
+  module, arg = sweep.load_config_module(os.path.join(ROOT, "configs/demo.py") + ":steps=7")
+  runs = sweep.expand(module, arg)
+  assert [name for name, _, _ in runs] == [
+      "positions=rope", "positions=nope", "positions=smollm3"]
+  assert [cfg.model.positions for _, _, cfg in runs] == ["rope", "nope", "smollm3"]
+  assert all(cfg.train.steps == 7 for _, _, cfg in runs)
+
+
+def test_print_launcher():
+  proc = subprocess.run(
+      [sys.executable, "-m", "nopejax.sweep", "--config=configs/tiny.py", "--workdir=/tmp/s",
+       "--launcher=print"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines() == [
+      "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=nope "
+      "--config.model.positions=nope",
+      "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=rope "
+      "--config.model.positions=rope"]
+
+
+def test_demo_launcher_runs_a_tiny_sweep_end_to_end(tmp_path):
+  """The README's first command, on the tiny config: two runs, summary, table and plot."""
+  workdir = tmp_path / "demo"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
+  cmd = ["bash", "launch/demo.sh", "--config=configs/tiny.py:steps=6", f"--workdir={workdir}"]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "| positions=nope | 6 |" in proc.stdout and "| positions=rope | 6 |" in proc.stdout
+  assert "**copy** (token_accuracy; * = beyond training length 6)" in proc.stdout
+  results = json.loads((workdir / "eval" / "results.json").read_text())
+  assert set(results) == {"positions=nope", "positions=rope"}
+  assert set(results["positions=nope"]["copy"]) == {str(n) for n in range(1, 11)}
+  assert (workdir / "eval" / "accuracy.png").stat().st_size > 10_000
+  assert (workdir / "summary.md").exists()
+  # A second call skips the finished runs instead of training again.
+  proc = subprocess.run(cmd + ["--noevaluate"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0 and proc.stdout.count("finished, skipping") == 2
