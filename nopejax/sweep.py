@@ -44,23 +44,37 @@ def run_name(overrides):
   return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()).replace("/", "_")
 
 
+def _merge_arg(arg, overrides):
+  """The config arg with the sweep's arg-level (undotted) keys set."""
+  items = [i for i in (arg or "").split(",") if i and i.partition("=")[0] not in overrides]
+  items += [f"{k}={v}" for k, v in overrides.items()]
+  return ",".join(items)
+
+
 def expand(module, arg):
-  """[(name, overrides, config)] for every point of the sweep."""
+  """[(name, overrides, config, arg)] for every point of the sweep.
+
+  A sweep entry's undotted keys are config-file arguments (`scheme=t5`, parsed by get_config);
+  dotted keys (`model.positions`) set config fields directly.
+  """
   if not hasattr(module, "get_sweep"):
     raise ValueError("--config: the config file defines no get_sweep(arg)")
-  base = module.get_config(arg)
   runs = []
   for overrides in module.get_sweep(arg):
-    cfg = copy.deepcopy(base)
+    arg_level = {k: v for k, v in overrides.items() if "." not in k}
+    run_arg = _merge_arg(arg, arg_level) if arg_level else arg
+    cfg = module.get_config(run_arg)
     for key, value in overrides.items():
+      if "." not in key:
+        continue
       group, _, field = key.rpartition(".")
       node = cfg
-      for part in filter(None, group.split(".")):
+      for part in group.split("."):
         node = node[part]
       if field not in node:
         raise ValueError(f"sweep: unknown config key {key!r}")
       node[field] = value
-    runs.append((run_name(overrides), overrides, cfg))
+    runs.append((run_name(overrides), overrides, cfg, run_arg))
   return runs
 
 
@@ -78,7 +92,7 @@ def summary(runs, workdir):
   """Markdown table of each run's last logged metrics."""
   keys = ("loss", "accuracy", "val_loss", "val_accuracy", "tokens_per_s")
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-  for name, _, _ in runs:
+  for name, *_ in runs:
     last = {}
     path = os.path.join(workdir, name, "metrics.jsonl")
     if os.path.exists(path):
@@ -100,12 +114,15 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"error: {e}")
   if FLAGS.launcher == "print":
-    for name, overrides, _ in runs:
-      flags_text = " ".join(f"--config.{k}={shlex.quote(str(v))}" for k, v in overrides.items())
-      print(f"python -m nopejax.train --config={FLAGS.config} "
-            f"--workdir={os.path.join(FLAGS.workdir, name)} {flags_text}")
+    path = FLAGS.config.partition(":")[0]
+    for name, overrides, _, run_arg in runs:
+      config = f"{path}:{run_arg}" if run_arg else path
+      flags_text = "".join(f" --config.{k}={shlex.quote(str(v))}"
+                           for k, v in overrides.items() if "." in k)
+      print(f"python -m nopejax.train --config={config} "
+            f"--workdir={os.path.join(FLAGS.workdir, name)}{flags_text}")
     return
-  for i, (name, _, cfg) in enumerate(runs):
+  for i, (name, _, cfg, _) in enumerate(runs):
     workdir = os.path.join(FLAGS.workdir, name)
     if finished(cfg, workdir):
       print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
@@ -121,7 +138,7 @@ def main(argv):
   print(text)
   if FLAGS.evaluate:
     results, cfg = evaluation.evaluate_runs(
-        [os.path.join(FLAGS.workdir, name) for name, _, _ in runs])
+        [os.path.join(FLAGS.workdir, name) for name, *_ in runs])
     out = os.path.join(FLAGS.workdir, "eval")
     print(evaluation.write_outputs(results, cfg, out))
     print(f"wrote {out}/results.json, tables.md, accuracy.png")

@@ -15,10 +15,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_expand_names_runs_by_their_overrides():
   module, arg = sweep.load_config_module(os.path.join(ROOT, "configs/demo.py") + ":steps=7")
   runs = sweep.expand(module, arg)
-  assert [name for name, _, _ in runs] == [
+  assert [name for name, *_ in runs] == [
       "positions=rope", "positions=nope", "positions=smollm3"]
-  assert [cfg.model.positions for _, _, cfg in runs] == ["rope", "nope", "smollm3"]
-  assert all(cfg.train.steps == 7 for _, _, cfg in runs)
+  assert [cfg.model.positions for _, _, cfg, _ in runs] == ["rope", "nope", "smollm3"]
+  assert all(cfg.train.steps == 7 for _, _, cfg, _ in runs)
+
+
+def test_arg_level_sweeps_rebuild_the_config():
+  module, arg = sweep.load_config_module(os.path.join(ROOT, "configs/lengthgen.py"))
+  runs = sweep.expand(module, arg)
+  assert len(runs) == 6 * 5 * 3  # task x scheme x seed
+  by_name = {name: (cfg, run_arg) for name, _, cfg, run_arg in runs}
+  cfg, run_arg = by_name["scheme=rope,task=addition,seed=2"]
+  assert run_arg == "scheme=rope,task=addition,seed=2"
+  assert (cfg.model.positions, cfg.model.rope_fraction, cfg.data.tasks, cfg.train.seed) == (
+      "rope", 0.25, "addition", 2)
+  cfg, _ = by_name["scheme=abs,task=copy,seed=0"]
+  assert (cfg.model.positions, cfg.model.input_positions) == ("nope", "sinusoidal")
+  hybrids = sweep.expand(module, "hybrids")
+  assert {c.model.positions for _, _, c, _ in hybrids} == {
+      "smollm3", "alternate", "rnope_swa:16", "llama4:16"}
 
 
 def test_print_launcher():

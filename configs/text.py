@@ -1,0 +1,45 @@
+"""Byte-level language model on the default corpus (this Python's standard library sources).
+
+  python -m nopejax.train --config=configs/text.py:positions=smollm3 --workdir=runs/text/smollm3
+  python -m nopejax.sweep --config=configs/text.py --workdir=runs/text
+"""
+
+from nopejax import data, experiment
+
+
+def get_config(arg=None):
+  a = experiment.parse_arg(arg, positions="nope", seq_len=512, steps=2000, d_model=128,
+                           layers=4, seed=0, runlocal=False)
+  c = experiment.base_config()
+  c.model.d_model = a.d_model
+  c.model.num_layers = a.layers  # 4: divisible by every preset's period
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.d_ff = 4 * a.d_model
+  c.model.positions = a.positions  # preset or `+`-separated pattern
+  c.data.kind = "text"
+  c.data.tokenizer = "byte"  # 256 bytes + pad/bos/eos: nothing to train or download
+  c.data.corpus = "stdlib"  # the .py files beside os.py: real, long, on every machine
+  c.data.seq_len = a.seq_len  # training context; evaluation goes to 8x this
+  c.data.batch_size = 16
+  c.data.seed = a.seed
+  c.model.vocab_size = data.vocab_size(c.data)
+  c.opt.lr = 2e-3
+  c.opt.schedule = "wsd"
+  c.opt.warmup_steps = 100
+  c.train.steps = a.steps
+  c.train.seed = a.seed
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
+  c.eval.kinds = "lm,passkey"
+  if a.runlocal:
+    c.model.d_model, c.model.d_ff = 32, 64
+    c.data.seq_len, c.data.batch_size = 64, 4
+    c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 0, 4
+  return c
+
+
+def get_sweep(arg=None):
+  """All RoPE, all NoPE, SmolLM3's hybrid and Cohere's RNoPE-SWA (sliding 128 of 512)."""
+  return [{"positions": p} for p in ("rope", "nope", "smollm3", "rnope_swa:128")]
