@@ -63,6 +63,7 @@ def get_config(arg=None):
     c.data.num_train, c.data.num_test, c.data.batch_size = 500, 4, 8
     c.data.train_length, c.data.test_length = 4, 6
     c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 0, 4
+    c.opt.warmup_steps = 1
     c.eval.max_examples = 4
   return c
 

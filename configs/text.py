@@ -37,6 +37,7 @@ def get_config(arg=None):
     c.model.d_model, c.model.d_ff = 32, 64
     c.data.seq_len, c.data.batch_size = 64, 4
     c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 0, 4
+    c.opt.warmup_steps = 1
   return c
 
 

@@ -1,5 +1,7 @@
 """The public functional API: `init(model_cfg, rng)` and `forward(model_cfg, params, tokens)`."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,10 +16,16 @@ def _boxed_init(spec, rng):
   return model_lib.Decoder(spec).init(rng, tokens_BT, tokens_BT, tokens_BT + 1)["params"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(spec, rng):
+  # Jitted: run eagerly, the initializers dispatch op by op and take seconds even for a tiny
+  # model; compiled once per spec, a second init (another seed) is free.
+  return nn.meta.unbox(_boxed_init(spec, rng))
+
+
 def init(model_cfg, rng):
   """Fresh parameters: a plain nested dict of arrays (scanned layers stacked on axis 0)."""
-  spec = config_lib.resolve(model_cfg)
-  return nn.meta.unbox(_boxed_init(spec, rng))
+  return _init(config_lib.resolve(model_cfg), rng)
 
 
 def param_axes(model_cfg):
