@@ -60,10 +60,11 @@ def _check_concrete(spec, tokens, positions):
     raise ValueError(f"tokens: ids must lie in [0, model.vocab_size={spec.vocab_size}), "
                      f"got min {tokens.min()} max {tokens.max()}")
   if spec.input_positions == "learned" and not isinstance(positions, jax.core.Tracer):
-    top = int(np.asarray(positions).max(initial=0))
-    if top >= spec.max_len:
-      raise ValueError(f"positions: learned input positions cover model.max_len={spec.max_len} "
-                       f"positions, got position {top}")
+    positions = np.asarray(positions)
+    low, top = int(positions.min(initial=0)), int(positions.max(initial=0))
+    if low < 0 or top >= spec.max_len:
+      raise ValueError(f"positions: learned input positions cover [0, model.max_len="
+                       f"{spec.max_len}), got positions from {low} to {top}")
 
 
 def forward(model_cfg, params, tokens, *, segment_ids=None, positions=None):
