@@ -113,11 +113,17 @@ def state_shardings(spec, tx, mesh, mesh_cfg, seed):
 # ----------------------------------------------------------------------------- preemption
 
 class Preemption:
-  """SIGTERM sets a flag; every process stops at the same step boundary."""
+  """SIGTERM means: save at the next step boundary and stop.
+
+  One process watches SIGTERM itself. With several processes, jax.distributed's preemption
+  service (started by initialize) catches the signal on whichever host gets it and agrees on
+  a step every process reaches, so they all save the same step.
+  """
 
   def __init__(self):
     self._flag = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
 
   def reached(self, step):
     if jax.process_count() > 1:

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -100,3 +102,25 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     for key in ("loss", "val_loss"):
       if key in b:
         assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+
+
+def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_exits_zero(tmp_path):
+  port, workdir = _free_port(), tmp_path / "run"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "nopejax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+       f"--config.data.data_dir={tmp_path / 'data'}", "--config.train.steps=100000",
+       "--config.train.checkpoint_every=100000", "--config.train.log_every=1",
+       "--config.train.eval_every=0", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), procs[0].stderr.read()
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # the process that does not write metrics
+  codes = [p.wait(timeout=120) for p in procs]
+  assert codes == [0, 0], procs[0].stderr.read()[-2000:] + procs[1].stderr.read()[-2000:]
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < 100000
