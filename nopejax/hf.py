@@ -24,6 +24,7 @@ never torch. Params come back as host numpy arrays in the param dtype, laid out 
 import json
 import math
 import os
+import shutil
 import struct
 
 from absl import app
@@ -491,6 +492,9 @@ def import_to_workdir(hf_dir, workdir, *, dtype="float32", force=False):
   params_io.save_params(os.path.join(workdir, "params"), params, force=force)
   with open(os.path.join(workdir, "model_config.json"), "w") as f:
     json.dump(model_cfg.to_dict(), f, indent=2)
+  # The tokenizer travels with the weights, so fine-tuning can use `hf:WORKDIR/tokenizer.json`.
+  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
   return model_cfg
 
 

@@ -6,6 +6,7 @@ names for sharding; `init` returns them unboxed as a plain nested dict.
 """
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 
 from nopejax import attention
 from nopejax import config as config_lib
+from nopejax import kv_cache
 from nopejax import positions as pos_lib
 
 REMAT = {
@@ -30,9 +32,24 @@ def _fan_in(*axes):
                                           out_axis=())
 
 
+def _dense(x, w, contract=1):
+  """Contracts the last `contract` dims of x with the first of w, as one 2-D [rows, k] @ [k, n] dot.
+
+  Same math as the einsum, but XLA's CPU dots want 2-D row-major operands: with a [B, T, ...]
+  activation the weight gradient contracts over two dims and XLA transposes the activation's
+  cotangent to get there (in the SwiGLU backward, a fifth of a CPU step at bench_cpu shapes).
+  Flattened, the backward needs no activation transposes; TPU and GPU compile both alike.
+  """
+  k = w.shape[:contract]
+  rows_K = x.reshape(-1, math.prod(k))
+  y = rows_K @ w.reshape(math.prod(k), -1)
+  return y.reshape(x.shape[:x.ndim - contract] + w.shape[contract:])
+
+
 def _lookup(table, ids):
   """Rows of `table`; ids outside [0, rows) give NaN rows (jnp.take would wrap negative ids)."""
-  return table.at[ids].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
+  return jnp.asarray(table).at[ids].get(mode="fill", fill_value=jnp.nan,
+                                        wrap_negative_indices=False)
 
 
 class RMSNorm(nn.Module):
@@ -52,17 +69,31 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
   spec: config_lib.ModelSpec
   layer: object  # layers.LayerType
+  cache_len: int = 0  # > 0: decoding through a 'cache' collection sized for this many tokens
 
   def _proj(self, name, x_BTD, heads, axis):
     s = self.spec
     w_DNH = _param(self, name, _fan_in(0), (s.d_model, heads, s.head_dim),
                    ("embed", axis, "head_dim"), s.param_dtype)
-    y_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, w_DNH.astype(s.dtype))
+    y_BTNH = _dense(x_BTD, w_DNH.astype(s.dtype))  # BTD,DNH->BTNH
     if s.attn_bias:
       b_NH = _param(self, name + "_bias", nn.initializers.zeros, (heads, s.head_dim),
                     (axis, "head_dim"), s.param_dtype)
       y_BTNH += b_NH.astype(s.dtype)[None, None]
     return y_BTNH
+
+  def _cached(self, k_BTKH, v_BTKH, keys):
+    """Stores this call's keys in the layer's cache; returns what to attend to (kv_cache.py)."""
+    s = self.spec
+    fresh = not self.has_variable("cache", "k")
+    empty = kv_cache.empty(k_BTKH.shape[0], kv_cache.slots(self.layer, self.cache_len),
+                           s.num_kv_heads, s.head_dim, s.dtype)
+    cache = {n: self.variable("cache", n, lambda x=x: x) for n, x in empty.items()}
+    k_BSKH, v_BSKH, keys, stored = kv_cache.attend_and_store(
+        {n: c.value for n, c in cache.items()}, k_BTKH, v_BTKH, keys, fresh=fresh)
+    for n, c in cache.items():
+      c.value = stored[n]
+    return k_BSKH, v_BSKH, keys
 
   @nn.compact
   def __call__(self, x_BTD, keys):
@@ -74,13 +105,17 @@ class Attention(nn.Module):
       q_BTNH = RMSNorm(s, "head_dim", name="q_norm")(q_BTNH)
       k_BSKH = RMSNorm(s, "head_dim", name="k_norm")(k_BSKH)
     if layer.scheme == "rope":
-      rope = functools.partial(pos_lib.rope, theta=s.rope_theta, rotary_dim=s.rope_dim)
+      rope = functools.partial(pos_lib.rope, theta=s.rope_theta, rotary_dim=s.rope_dim,
+                               scaling=s.rope_scaling, factor=s.rope_scaling_factor,
+                               original_len=s.rope_original_len)
       q_BTNH, k_BSKH = rope(q_BTNH, keys.q_pos_BT), rope(k_BSKH, keys.k_pos_BS)
     q_BTNH = q_BTNH * s.head_dim ** -0.5
     if layer.scheme == "nope" and s.query_temperature:
       temp_BT = pos_lib.query_temperature(keys.q_pos_BT, floor_scale=s.temperature_floor_scale,
                                           attn_scale=s.temperature_attn_scale)
       q_BTNH = q_BTNH * temp_BT[:, :, None, None].astype(q_BTNH.dtype)
+    if self.cache_len:
+      k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys)
     bias_fn = None
     if layer.scheme == "alibi":
       bias_fn = functools.partial(pos_lib.alibi_bias, num_heads=s.num_heads)
@@ -99,7 +134,7 @@ class Attention(nn.Module):
     out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
     w_NHD = _param(self, "o", _fan_in(0, 1), (s.num_heads, s.head_dim, s.d_model),
                    ("heads", "head_dim", "embed"), s.param_dtype)
-    return jnp.einsum("BTNH,NHD->BTD", out_BTNH.astype(s.dtype), w_NHD.astype(s.dtype))
+    return _dense(out_BTNH.astype(s.dtype), w_NHD.astype(s.dtype), 2)  # BTNH,NHD->BTD
 
 
 class MLP(nn.Module):
@@ -108,7 +143,7 @@ class MLP(nn.Module):
   def _dense(self, name, x, shape, axes, spec_in):
     s = self.spec
     w = _param(self, name, _fan_in(0), shape, axes, s.param_dtype)
-    y = jnp.einsum(spec_in, x, w.astype(s.dtype))
+    y = _dense(x, w.astype(s.dtype))  # spec_in, as one 2-D dot
     if s.mlp_bias:
       y += _param(self, name + "_bias", nn.initializers.zeros, shape[-1:], axes[-1:],
                   s.param_dtype).astype(s.dtype)[None, None]
@@ -127,6 +162,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
   spec: config_lib.ModelSpec
   layer: object
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x_BTD, context):
@@ -134,7 +170,7 @@ class Block(nn.Module):
     window = attention.Window(self.layer.window, self.layer.window_size)
     keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window)
     h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
-    x_BTD += Attention(self.spec, self.layer, name="attn")(h_BTD, keys)
+    x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys)
     h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
     x_BTD += MLP(self.spec, name="mlp")(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
@@ -143,19 +179,22 @@ class Block(nn.Module):
 class Period(nn.Module):
   """One repeat of the layer pattern: a Block per LayerType of the period, each static."""
   spec: config_lib.ModelSpec
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x_BTD, context):
     for i, layer in enumerate(self.spec.period):
-      x_BTD = Block(self.spec, layer, name=f"block_{i}")(x_BTD, context)
+      x_BTD = Block(self.spec, layer, self.cache_len, name=f"block_{i}")(x_BTD, context)
     return x_BTD, None
 
 
 class Decoder(nn.Module):
   spec: config_lib.ModelSpec
+  cache_len: int = 0  # > 0: decoding with a KV cache (decode.py); 0: the plain forward pass
 
   @nn.compact
-  def __call__(self, tokens_BT, positions_BT, segment_ids_BT):
+  def __call__(self, tokens_BT, positions_BT, segment_ids_BT, indices_T=None):
+    """indices_T: the tokens' indices in the sequence (default 0..T-1; decoding steps go on)."""
     s = self.spec
     embedding_VD = _param(self, "embedding", nn.initializers.normal(s.d_model ** -0.5),
                           (s.vocab_size, s.d_model), ("vocab", "embed"), s.param_dtype)
@@ -171,11 +210,14 @@ class Decoder(nn.Module):
     period = Period
     if s.remat != "none":
       period = nn.remat(Period, policy=REMAT[s.remat], prevent_cse=False)
-    context = (jnp.arange(tokens_BT.shape[1], dtype=jnp.int32), positions_BT, segment_ids_BT)
+    if indices_T is None:
+      indices_T = jnp.arange(tokens_BT.shape[1], dtype=jnp.int32)
+    context = (indices_T, positions_BT, segment_ids_BT)
     x_BTD, _ = nn.scan(
-        period, variable_axes={"params": 0}, split_rngs={"params": True},
+        period, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
         in_axes=nn.broadcast, length=s.repeats,
-        metadata_params={nn.PARTITION_NAME: "layers"})(s, name="layers")(x_BTD, context)
+        metadata_params={nn.PARTITION_NAME: "layers"})(
+            s, self.cache_len, name="layers")(x_BTD, context)
 
     x_BTD = RMSNorm(s, name="final_norm")(x_BTD)
     if s.tie_embeddings:
@@ -183,5 +225,5 @@ class Decoder(nn.Module):
     else:
       head_DV = _param(self, "lm_head", _fan_in(0), (s.d_model, s.vocab_size),
                        ("embed", "vocab"), s.param_dtype)
-    logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, head_DV.astype(s.dtype))
+    logits_BTV = _dense(x_BTD, head_DV.astype(s.dtype))  # BTD,DV->BTV
     return logits_BTV.astype(jnp.float32)

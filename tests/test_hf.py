@@ -352,3 +352,28 @@ def test_cli_bad_verb_and_missing_flags_are_one_line_errors(tmp_path):
   result = _cli("export", f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == ["nopejax.hf export: missing --out"]
+
+
+def test_fine_tuning_from_imported_weights_through_the_train_command(tmp_path):
+  """hf import, then two training steps from those weights: fine-tuning is a config change."""
+  model = _hf_model(*SMOL, vocab_size=288, num_key_value_heads=2)  # covers the 259 byte ids
+  model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+  init = tmp_path / "init"
+  assert _cli("import", f"--hf_dir={tmp_path / 'hf'}", f"--workdir={init}").returncode == 0
+  workdir = tmp_path / "ft"
+  result = subprocess.run(
+      [sys.executable, "-m", "nopejax.train", f"--config=configs/finetune.py:init_from={init},steps=2",
+       f"--workdir={workdir}", "--config.data.seq_len=32",
+       "--config.data.batch_size=2", f"--config.data.data_dir={tmp_path / 'data'}",
+       "--config.train.progress=False"],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+  assert row["step"] == 2 and np.isfinite(row["loss"])  # (the first step of warmup has lr 0)
+  # The step started from the imported weights, not a random init: before the update the
+  # model is the HF one, so the first loss is its loss (not log(288) of a fresh model).
+  imported = params_io.load_params(init / "params")
+  trained = params_io.load_params(workdir / "params")
+  drift = max(_max_diff(a, b) for a, b in zip(jax.tree.leaves(imported), jax.tree.leaves(trained)))
+  assert 0 < drift < 1e-3  # a small fine-tuning step away from the imported weights
