@@ -3,6 +3,8 @@
 import collections
 import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -343,3 +345,16 @@ def test_known_tasks_and_vocab_size(cfg):
   assert data.vocab_size(cfg) == tokenizers.TaskTokenizer().vocab_size < 128
   cfg.tokenizer = 'byte'
   assert data.vocab_size(cfg) == 259
+
+
+def test_bench_data_command_prints_throughput(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'nopejax.bench_data', '--config=configs/tiny.py', '--batches=3',
+       f'--config.data.data_dir={tmp_path}'],
+      cwd=root, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['batches'] == 3 and report['examples_per_s'] > 0 and report['tokens_per_s'] > 0
+  assert 0 < report['fill'] <= 1
