@@ -81,6 +81,10 @@ class ModelSpec:
   block_size: int
   blockwise_above: int
   remat: str
+  # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
+  rope_scaling: str = "none"  # none | linear | ntk | yarn (positions.ROPE_SCALINGS)
+  rope_scaling_factor: float = 1.0
+  rope_original_len: int = 0  # YaRN: the training context length
 
   @property
   def repeats(self):
