@@ -58,9 +58,13 @@ def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches):
     grads, sums = grad_fn(params, microbatch)
     return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-  zeros = (jax.tree.map(jnp.zeros_like, params),
-           {"ce": 0.0, "tokens": 0.0, "correct": 0.0})
-  (grads, sums), _ = jax.lax.scan(accumulate, zeros, _split_microbatches(batch, microbatches))
+  if microbatches == 1:
+    # No scan of length one: it would only add a loop (and its copies) around the whole step.
+    grads, sums = grad_fn(params, batch)
+  else:
+    zeros = (jax.tree.map(jnp.zeros_like, params),
+             {"ce": 0.0, "tokens": 0.0, "correct": 0.0})
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, _split_microbatches(batch, microbatches))
   count = jnp.maximum(sums["tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
   loss = sums["ce"] / count
@@ -97,7 +101,8 @@ def init_state(spec, tx, seed):
 
 
 def state_shardings(spec, tx, mesh, mesh_cfg, seed):
-  """(abstract state, its NamedShardings): parameters by their logical axes, the rest replicated."""
+  """(abstract state carrying its shardings, the NamedShardings): parameters by their logical
+  axes, the rest replicated."""
   abstract = jax.eval_shape(functools.partial(init_state, spec, tx, seed))
   param_shardings = sharding.logical_shardings(model_api.param_axes(spec), abstract["params"],
                                                mesh, mesh_cfg)
@@ -107,6 +112,8 @@ def state_shardings(spec, tx, mesh, mesh_cfg, seed):
       transform_non_params=lambda _: replicated)
   shardings = {"step": replicated, "params": param_shardings, "opt_state": opt_shardings,
                "rng": replicated, "bad_steps": replicated}
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
   return abstract, shardings
 
 
@@ -182,8 +189,6 @@ def run(cfg, workdir):
   # --- model, optimizer, sharded state
   tx, lr_fn = optimizer_lib.make(cfg.opt, cfg.train.steps)
   abstract, shardings = state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
 
   # --- checkpoint: resume automatically
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
@@ -280,9 +285,7 @@ def latest_params(cfg, workdir):
   spec = experiment.validate(cfg)
   tx, _ = optimizer_lib.make(cfg.opt, cfg.train.steps)
   mesh = sharding.make_mesh(cfg.mesh)
-  abstract, shardings = state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+  abstract, _ = state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(abstract)

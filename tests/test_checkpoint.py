@@ -104,9 +104,7 @@ def abstract_state(cfg):
   spec = experiment.validate(cfg)
   tx, _ = optimizer.make(cfg.opt, cfg.train.steps)
   mesh = sharding.make_mesh(cfg.mesh)
-  abstract, shardings = training.state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return training.state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)[0]
 
 
 def largest_file(step_dir):
