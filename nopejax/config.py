@@ -10,7 +10,7 @@ from nopejax import layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INPUT_POSITIONS = ("none", "learned", "sinusoidal")
-ATTENTION_IMPLS = ("auto", "reference", "xla", "blockwise")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "blockwise", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -42,7 +42,7 @@ def model_config():
   c.norm_eps = 1e-6  # RMSNorm epsilon
   c.dtype = "float32"  # compute dtype: float32|bfloat16
   c.param_dtype = "float32"  # storage dtype of the parameters (fp32 master weights)
-  c.attention_impl = "auto"  # auto|reference|xla|blockwise
+  c.attention_impl = "auto"  # auto|reference|xla|blockwise|splash (TPU)|cudnn (GPU); auto: per layer
   c.block_size = 512  # query/key block of the blockwise path
   c.blockwise_above = 4096  # auto uses the blockwise path for sequences longer than this
   c.remat = "none"  # activation checkpointing per scanned period: none|full|dots

@@ -11,6 +11,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from nopejax import attention
 from nopejax import config as config_lib
@@ -50,6 +51,21 @@ def _lookup(table, ids):
   """Rows of `table`; ids outside [0, rows) give NaN rows (jnp.take would wrap negative ids)."""
   return jnp.asarray(table).at[ids].get(mode="fill", fill_value=jnp.nan,
                                         wrap_negative_indices=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_path(layer_indices, layer, impl):
+  """Logs each layer type's attention path once per process (traces repeat under jvp/remat)."""
+  logging.info("attention: layers %s (%s) use the %s path",
+               ",".join(map(str, layer_indices)), layer, impl)
+
+
+def _splash_partition():
+  """(batch, kv-head) mesh axes for splash's shard_map inside a mesh; None outside one."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return None
+  batch, heads = nn.logical_to_mesh_axes(("batch", "kv_heads"))
+  return batch, heads
 
 
 class RMSNorm(nn.Module):
@@ -127,10 +143,14 @@ class Attention(nn.Module):
       bias_fn = functools.partial(pos_lib.t5_bias, table_UN=table_UN,
                                   max_distance=s.t5_max_distance)
     impl = attention.choose(s.attention_impl, has_bias=bias_fn is not None,
-                            length=x_BTD.shape[1], blockwise_above=s.blockwise_above)
+                            length=x_BTD.shape[1], blockwise_above=s.blockwise_above,
+                            head_dim=s.head_dim, dtype=s.dtype, key_length=k_BSKH.shape[1])
+    _log_path(tuple(i for i, t in enumerate(s.layers) if t == layer), str(layer), impl)
     path = attention.PATHS[impl]
     if impl == "blockwise":
       path = functools.partial(path, block_size=s.block_size)
+    elif impl == "splash":
+      path = functools.partial(path, block_size=s.block_size, partition=_splash_partition())
     out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
     w_NHD = _param(self, "o", _fan_in(0, 1), (s.num_heads, s.head_dim, s.d_model),
                    ("heads", "head_dim", "embed"), s.param_dtype)

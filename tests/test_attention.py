@@ -121,6 +121,7 @@ def test_choose():
   common = dict(length=16, blockwise_above=64)
   assert attention.choose("xla", has_bias=True, **common) == "xla"
   assert attention.choose("auto", has_bias=False, backend="cpu", **common) == "reference"
-  assert attention.choose("auto", has_bias=False, backend="gpu", **common) == "xla"
+  assert attention.choose("auto", has_bias=False, backend="gpu", head_dim=64,
+                          dtype=jnp.bfloat16, **common) == "cudnn"
   assert attention.choose("auto", has_bias=True, backend="gpu", **common) == "reference"
   assert attention.choose("auto", has_bias=False, length=65, blockwise_above=64) == "blockwise"
