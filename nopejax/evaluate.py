@@ -1,7 +1,11 @@
-"""python -m nopejax.evaluate --config=configs/X.py --workdir=DIR [--compare=DIR1,DIR2,...]
+"""python -m nopejax.evaluate [--config=configs/X.py] --workdir=DIR [--compare=DIR1,DIR2,...]
 
-Evaluates the latest checkpoint of DIR (or of every run in --compare) and writes
-DIR/eval/results.json, tables.md and accuracy.png; the table is also printed.
+Evaluates the latest checkpoint of DIR (or of every run in --compare) on the kinds of
+`eval.kinds` (tasks, lm, passkey) and writes DIR/eval/results.json, tables.md and a PNG per
+kind (accuracy.png, lm.png, passkey.png); the tables are also printed. Without --config a run
+uses its own DIR/config.json. With --compare each run keeps its own model and data config, and
+--config, when given, supplies the `eval` group for all of them, so they are compared under the
+same settings (e.g. --config.eval.rope_scaling=yarn).
 """
 
 import os
@@ -25,13 +29,20 @@ def main(argv):
   workdirs = _COMPARE.value or [_WORKDIR.value]
   if not workdirs or not all(workdirs):
     sys.exit("error: give --workdir=DIR or --compare=DIR1,DIR2")
+  cfg = _CONFIG.value
   try:
-    runs, cfg = evaluation.evaluate_runs(workdirs, _CONFIG.value if not _COMPARE.value else None)
+    if cfg is not None:
+      evaluation.kinds(cfg)  # an unknown eval name fails before any checkpoint is read
+    if _COMPARE.value:
+      runs, cfg = evaluation.evaluate_runs(
+          workdirs, eval_overrides=None if cfg is None else cfg.eval)
+    else:
+      runs, cfg = evaluation.evaluate_runs(workdirs, cfg)
   except ValueError as e:
     sys.exit(f"error: {e}")
   out = os.path.join(_WORKDIR.value or workdirs[0], "eval")
   print(evaluation.write_outputs(runs, cfg, out))
-  print(f"wrote {out}/results.json, tables.md, accuracy.png")
+  print(f"wrote {out}/: {', '.join(evaluation.outputs(out))}")
 
 
 if __name__ == "__main__":
