@@ -21,6 +21,8 @@ def rope_frequencies(rotary_dim, theta, scaling="none", factor=1.0, original_len
   more than 32 times over `original_len` tokens keep their frequency, fewer than once are
   interpolated, a linear ramp between; cos and sin are scaled by 0.1 ln(factor) + 1.
   """
+  if scaling not in ROPE_SCALINGS:
+    raise ValueError(f"rope scaling: unknown {scaling!r}; known: {', '.join(ROPE_SCALINGS)}")
   half = rotary_dim // 2
   exponent_R = np.arange(half, dtype=np.float64) * 2 / rotary_dim
   if scaling == "ntk":
@@ -37,8 +39,6 @@ def rope_frequencies(rotary_dim, theta, scaling="none", factor=1.0, original_len
     ramp_R = np.clip((np.arange(half) - low) / max(high - low, 1e-3), 0, 1)
     inv_freq_R = inv_freq_R / factor * ramp_R + inv_freq_R * (1 - ramp_R)
     attn_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
-  elif scaling != "none":
-    raise ValueError(f"rope scaling: unknown {scaling!r}; known: {', '.join(ROPE_SCALINGS)}")
   return inv_freq_R.astype(np.float32), attn_factor
 
 
