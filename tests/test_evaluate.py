@@ -171,7 +171,8 @@ def _last_line(proc):
 
 def test_workdir_without_checkpoint(tmp_path):
   proc = run_cli("nopejax.evaluate", "--config=configs/tiny.py", f"--workdir={tmp_path}")
-  assert _last_line(proc) == f"error: --workdir: '{tmp_path}' holds no checkpoint and no params/ export"
+  assert _last_line(proc) == (
+      f"error: --workdir: '{tmp_path}' holds no checkpoint and no params/ export")
 
 
 def test_unknown_eval_kind(tmp_path):
