@@ -9,7 +9,7 @@ from nopejax import data, experiment
 
 
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, positions="nope", task="copy", steps=1500, seed=0)
+  a = experiment.parse_arg(arg, positions="nope", task="copy", steps=2000, seed=0)
   c = experiment.base_config()
   c.model.d_model = 64  # ~200K parameters: learns copy in 1-2 minutes on 2 CPU cores
   c.model.num_layers = 4  # a 2-layer NoPE model does not learn copy
@@ -17,10 +17,12 @@ def get_config(arg=None):
   c.model.num_kv_heads = 4
   c.model.d_ff = 256
   c.model.positions = a.positions
+  c.model.scan_unroll = 4  # four layers, no loop: 13% faster steps on a CPU
   c.data.tasks = a.task
   c.data.num_train = 20_000  # lengths 1..20 of the paper's copy task
-  c.data.num_test = 50  # per test length 1..40
-  c.data.seq_len = 128  # several training documents packed per row
+  c.data.num_test = 32  # per test length 1..40
+  c.data.seq_len = 48  # one copy document (at most 45 tokens at length 20) per row
+  c.data.pack = False  # one example per row, as the reference runs
   c.data.batch_size = 64
   c.data.seed = a.seed
   c.model.vocab_size = data.vocab_size(c.data)
@@ -33,7 +35,7 @@ def get_config(arg=None):
   c.train.eval_every = 500
   c.train.eval_batches = 4
   c.train.checkpoint_every = 500
-  c.eval.max_examples = 50
+  c.eval.max_examples = 32  # per length: one batch
   return c
 
 

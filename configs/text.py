@@ -38,6 +38,8 @@ def get_config(arg=None):
     c.data.seq_len, c.data.batch_size = 64, 4
     c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 4, 2, 0, 4
     c.opt.warmup_steps = 1
+    c.data.passkey_lengths, c.data.passkey_depths = (320, 512), (0.0, 1.0)
+    c.eval.max_examples = 2
   return c
 
 

@@ -46,6 +46,7 @@ def model_config():
   c.block_size = 512  # query/key block of the blockwise path
   c.blockwise_above = 4096  # auto uses the blockwise path for sequences longer than this
   c.remat = "none"  # activation checkpointing per scanned period: none|full|dots
+  c.scan_unroll = 1  # periods per scan iteration; unrolling a short model saves the CPU loop
   return c
 
 
@@ -81,6 +82,7 @@ class ModelSpec:
   block_size: int
   blockwise_above: int
   remat: str
+  scan_unroll: int = 1
   # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
   rope_scaling: str = "none"  # none | linear | ntk | yarn (positions.ROPE_SCALINGS)
   rope_scaling_factor: float = 1.0
@@ -102,6 +104,12 @@ def _positive(cfg, *keys):
     value = cfg[key]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ValueError(f"model.{key}: expected a positive integer, got {value!r}")
+
+
+def _unroll(value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"model.scan_unroll: expected a positive integer, got {value!r}")
+  return value
 
 
 def resolve(cfg):
@@ -149,4 +157,5 @@ def resolve(cfg):
       attention_impl=_choice(cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl"),
       block_size=cfg.block_size, blockwise_above=cfg.blockwise_above,
       remat=_choice(cfg.remat, REMAT_POLICIES, "model.remat"),
+      scan_unroll=_unroll(cfg.get("scan_unroll", 1)),
   )

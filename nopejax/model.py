@@ -235,7 +235,7 @@ class Decoder(nn.Module):
     context = (indices_T, positions_BT, segment_ids_BT)
     x_BTD, _ = nn.scan(
         period, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
-        in_axes=nn.broadcast, length=s.repeats,
+        in_axes=nn.broadcast, length=s.repeats, unroll=min(s.scan_unroll, s.repeats),
         metadata_params={nn.PARTITION_NAME: "layers"})(
             s, self.cache_len, name="layers")(x_BTD, context)
 
