@@ -412,10 +412,7 @@ def plot(runs, cfg, path):
   for row, task in enumerate(tasks):
     for col, metric in enumerate(metrics):
       ax = axes[row][col]
-      for name, results in runs.items():
-        points = sorted((int(n), m[metric]) for n, m in results.get(task, {}).items())
-        if points:
-          ax.plot(*zip(*points), marker="o", label=name)
+      _plot_runs(ax, runs, task, metric)
       ax.axvline(train_length(cfg, task) + 0.5, color="gray", linestyle="--",
                  label="training length")
       ax.set(title=f"{task}: {metric.replace('_', ' ')}", xlabel="length", ylim=(-0.02, 1.02))
@@ -425,15 +422,20 @@ def plot(runs, cfg, path):
   plt.close(fig)
 
 
+def _plot_runs(ax, runs, section, metric):
+  """One line per run: `metric` against the lengths of results[run][section]."""
+  for name, results in runs.items():
+    points = sorted((int(n), m[metric]) for n, m in results.get(section, {}).items())
+    if points:
+      ax.plot(*zip(*points), marker="o", label=name)
+
+
 def plot_lm(runs, cfg, path):
   """Bits per byte and perplexity against context length (log scale), training length marked."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   for ax, metric in zip(axes, ("bits_per_byte", "perplexity")):
-    for name, results in runs.items():
-      points = sorted((int(n), m[metric]) for n, m in results.get("lm", {}).items())
-      if points:
-        ax.plot(*zip(*points), marker="o", label=name)
+    _plot_runs(ax, runs, "lm", metric)
     ax.axvline(cfg.data.seq_len, color="gray", linestyle="--", label="training length")
     ax.set_xscale("log", base=2)
     ax.set(title=f"lm: {metric.replace('_', ' ')}", xlabel="context length (tokens)")

@@ -83,6 +83,7 @@ class TwoShards:
       s.set_state(st)
 
 
+@pytest.mark.xdist_group("multiprocess")  # one gloo job at a time: they load the same 2 cores
 def test_two_processes_match_one(tmp_path, monkeypatch):
   data_dir, steps = str(tmp_path / "data"), 8
   flags = [f"--config.data.data_dir={data_dir}", f"--config.train.steps={steps}",
@@ -104,6 +105,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
         assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_exits_zero(tmp_path):
   port, workdir = _free_port(), tmp_path / "run"
   procs = [subprocess.Popen(
@@ -117,7 +119,11 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_exits_zero(tmp_
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-    assert time.time() < deadline and all(p.poll() is None for p in procs), procs[0].stderr.read()
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      for p in procs:
+        p.kill()
+      raise AssertionError("\n".join(f"process {i}: {p.stderr.read()[-2000:]}"
+                                     for i, p in enumerate(procs)))
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)  # the process that does not write metrics
   codes = [p.wait(timeout=120) for p in procs]
