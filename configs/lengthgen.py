@@ -28,9 +28,14 @@ PAPER = ("nope", "t5", "alibi", "rope", "abs")
 HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
 
 
+def _arg(arg):
+  return experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
+                              layers=4, hybrids=False, runlocal=False, tasks="+".join(TASKS),
+                              seeds=3)
+
+
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
-                           layers=4, hybrids=False, runlocal=False)
+  a = _arg(arg)
   if a.scheme not in SCHEMES:
     raise ValueError(f"config arg scheme: unknown {a.scheme!r}; known: {', '.join(SCHEMES)}")
   c = experiment.base_config()
@@ -40,6 +45,7 @@ def get_config(arg=None):
   c.model.num_kv_heads = 4
   c.model.d_ff = 4 * a.d_model
   c.model.update(SCHEMES[a.scheme])
+  c.model.scan_unroll = a.layers  # short models: no layer loop (faster steps on a CPU)
   c.data.tasks = a.task
   c.data.num_train = 20_000
   c.data.num_test = 50  # per test length
@@ -57,7 +63,7 @@ def get_config(arg=None):
   c.train.eval_batches = 4
   c.train.checkpoint_every = 1000
   c.train.progress = False  # sweeps log to files
-  c.eval.max_examples = 50
+  c.eval.max_examples = 32  # per length: one batch
   if a.runlocal:  # seconds: the smoke version the tests run
     c.model.d_model, c.model.d_ff, c.model.num_heads, c.model.num_kv_heads = 32, 64, 2, 2
     c.data.num_train, c.data.num_test, c.data.batch_size = 500, 4, 8
@@ -69,10 +75,10 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`."""
-  a = experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
-                           layers=4, hybrids=False, runlocal=False)
+  """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`
+  (`+`-separated) and `seeds` narrow it, e.g. `:tasks=copy,seeds=3`."""
+  a = _arg(arg)
   schemes = HYBRIDS if a.hybrids else PAPER
-  tasks = (a.task,) if a.runlocal else TASKS
-  seeds = (0,) if a.runlocal else (0, 1, 2)
+  tasks = (a.task,) if a.runlocal else tuple(a.tasks.replace("+", ",").split(","))
+  seeds = (0,) if a.runlocal else tuple(range(a.seeds))
   return [{"scheme": s, "task": t, "seed": seed} for t in tasks for s in schemes for seed in seeds]
