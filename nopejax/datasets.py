@@ -14,6 +14,7 @@ import fnmatch
 import glob
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -22,6 +23,16 @@ import tensorflow_datasets as tfds
 from nopejax import tasks
 
 TASK_FEATURES = ('inputs', 'targets', 'length', 'prompt_text', 'answer_text')
+
+
+class _QuietConfigs(logging.Filter):
+  """TFDS warns 'Using custom data configuration' on every load of our (always custom) configs."""
+
+  def filter(self, record):
+    return 'Using custom data configuration' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_QuietConfigs())
 
 
 def data_dir(data_cfg) -> str:
