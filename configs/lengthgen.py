@@ -31,7 +31,7 @@ HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
 def _arg(arg):
   return experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
                               layers=4, hybrids=False, runlocal=False, tasks="+".join(TASKS),
-                              seeds=3)
+                              seeds=3, seq_len=64)
 
 
 def get_config(arg=None):
@@ -49,7 +49,8 @@ def get_config(arg=None):
   c.data.tasks = a.task
   c.data.num_train = 20_000
   c.data.num_test = 50  # per test length
-  c.data.seq_len = 128
+  c.data.seq_len = a.seq_len  # one training document per row; 64 fits every task's training lengths
+  c.data.pack = False  # as the demo: per-row documents, the paper's setting
   c.data.batch_size = 64
   c.data.seed = a.seed
   c.model.vocab_size = data.vocab_size(c.data)
