@@ -132,6 +132,11 @@ def main(argv):
       training.run(cfg, workdir)
     except (ValueError, RuntimeError) as e:
       sys.exit(f"error in run {name}: {e}")
+    if not finished(cfg, workdir):
+      # The run saved and returned early: SIGTERM (preemption) stops the whole sweep, which
+      # resumes this run and skips the finished ones when started again.
+      print(f"[{i + 1}/{len(runs)}] {name}: preempted; run the sweep again to resume")
+      return
   text = summary(runs, FLAGS.workdir)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
     f.write(text + "\n")

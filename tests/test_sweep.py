@@ -67,3 +67,26 @@ def test_demo_launcher_runs_a_tiny_sweep_end_to_end(tmp_path):
   proc = subprocess.run(cmd + ["--noevaluate"], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0 and proc.stdout.count("finished, skipping") == 2
+
+
+def test_sigterm_stops_the_sweep_and_a_rerun_resumes(tmp_path):
+  """Preemption saves the current run and ends the sweep; the next call resumes that run."""
+  import signal
+  import time
+  workdir = tmp_path / "sweep"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
+  cmd = [sys.executable, "-m", "nopejax.sweep", "--config=configs/tiny.py:steps=100000",
+         f"--workdir={workdir}", "--noevaluate"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  metrics = workdir / "positions=nope" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().strip()):
+    assert time.time() < deadline and proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert "positions=nope: preempted; run the sweep again to resume" in out
+  assert not (workdir / "positions=rope").exists()  # the sweep stopped instead of moving on
+  assert [s for s in os.listdir(workdir / "positions=nope" / "checkpoints") if s.isdigit()]
