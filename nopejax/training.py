@@ -10,6 +10,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from absl import logging
@@ -21,6 +22,7 @@ from nopejax import experiment
 from nopejax import metrics as metrics_lib
 from nopejax import model_api
 from nopejax import optimizer as optimizer_lib
+from nopejax import params_io
 from nopejax import sharding
 
 
@@ -260,19 +262,16 @@ def run(cfg, workdir):
 
 
 def _load_init_params(init_from, abstract_params):
-  from nopejax import params_io  # the hf extra's io, needed only when starting from a workdir
   return params_io.load_params(os.path.join(init_from, "params"), abstract_params)
 
 
 def export_params(workdir, params):
   """Params only, for evaluation and the Hugging Face exporter: WORKDIR/params/."""
-  from nopejax import params_io
   params_io.save_params(os.path.join(os.path.abspath(workdir), "params"), params, force=True)
 
 
 def load_config(workdir):
   """The resolved config a run wrote to WORKDIR/config.json."""
-  import ml_collections
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"--workdir: {workdir!r} has no config.json; pass --config")
