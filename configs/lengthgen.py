@@ -25,13 +25,17 @@ SCHEMES = {
     "llama4": {"positions": "llama4:16", "temperature_floor_scale": 16.0},  # chunked RoPE + NoPE
 }
 PAPER = ("nope", "t5", "alibi", "rope", "abs")
+# The longest training document of each task in words, minus one (the row holds inputs):
+# one document per row with no padding beyond the task's own longest example.
+SEQ_LEN = {"copy": 44, "reverse": 44, "addition": 33, "parity": 33, "sort": 45,
+           "summation": 23}
 HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
 
 
 def _arg(arg):
   return experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
                               layers=4, hybrids=False, runlocal=False, tasks="+".join(TASKS),
-                              seeds=3, seq_len=64)
+                              seeds=3, seq_len=0, schemes="")
 
 
 def get_config(arg=None):
@@ -49,7 +53,7 @@ def get_config(arg=None):
   c.data.tasks = a.task
   c.data.num_train = 20_000
   c.data.num_test = 50  # per test length
-  c.data.seq_len = a.seq_len  # one training document per row; 64 fits every task's training lengths
+  c.data.seq_len = a.seq_len or SEQ_LEN.get(a.task, 64)  # 0: the task's longest training document
   c.data.pack = False  # as the demo: per-row documents, the paper's setting
   c.data.batch_size = 64
   c.data.seed = a.seed
@@ -75,11 +79,21 @@ def get_config(arg=None):
   return c
 
 
+def _names(text):
+  return tuple(text.replace("+", ",").split(","))
+
+
 def get_sweep(arg=None):
-  """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`
-  (`+`-separated) and `seeds` narrow it, e.g. `:tasks=copy,seeds=3`."""
+  """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`,
+  `schemes` (`+`-separated) and `seeds` narrow it, e.g. `:tasks=copy,seeds=3`.
+
+  Seed-major: a sweep stopped part-way has every task and scheme of its first seeds.
+  """
   a = _arg(arg)
-  schemes = HYBRIDS if a.hybrids else PAPER
-  tasks = (a.task,) if a.runlocal else tuple(a.tasks.replace("+", ",").split(","))
+  schemes = _names(a.schemes) if a.schemes else (HYBRIDS if a.hybrids else PAPER)
+  unknown = [s for s in schemes if s not in SCHEMES]
+  if unknown:
+    raise ValueError(f"config arg schemes: unknown {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
+  tasks = (a.task,) if a.runlocal else _names(a.tasks)
   seeds = (0,) if a.runlocal else tuple(range(a.seeds))
-  return [{"scheme": s, "task": t, "seed": seed} for t in tasks for s in schemes for seed in seeds]
+  return [{"scheme": s, "task": t, "seed": seed} for seed in seeds for t in tasks for s in schemes]

@@ -8,7 +8,7 @@ from nopejax import data, experiment
 
 
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, positions="nope", seq_len=512, steps=2000, d_model=128,
+  a = experiment.parse_arg(arg, positions="nope", seq_len=512, steps=1000, d_model=64,
                            layers=4, seed=0, runlocal=False)
   c = experiment.base_config()
   c.model.d_model = a.d_model
@@ -21,7 +21,7 @@ def get_config(arg=None):
   c.data.tokenizer = "byte"  # 256 bytes + pad/bos/eos: nothing to train or download
   c.data.corpus = "stdlib"  # the .py files beside os.py: real, long, on every machine
   c.data.seq_len = a.seq_len  # training context; evaluation goes to 8x this
-  c.data.batch_size = 16
+  c.data.batch_size = 8  # 4,096 tokens a step: the four-run sweep fits an hour of one CPU core
   c.data.seed = a.seed
   c.model.vocab_size = data.vocab_size(c.data)
   c.opt.lr = 2e-3
@@ -33,6 +33,9 @@ def get_config(arg=None):
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.eval.kinds = "lm,passkey"
+  c.eval.max_examples = 32  # LM windows per length (256 scored tokens each); passkey prompts per cell
+  c.data.passkey_lengths = (256, 512, 1024, 2048, 4096)  # 0.5x to 8x the training context
+  c.data.passkey_depths = (0.0, 0.5, 1.0)
   if a.runlocal:
     c.model.d_model, c.model.d_ff = 32, 64
     c.data.seq_len, c.data.batch_size = 64, 4

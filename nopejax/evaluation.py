@@ -307,11 +307,13 @@ def evaluate(cfg, params, spec=None):
   return results
 
 
-def evaluate_runs(workdirs, config=None, eval_overrides=None):
+def evaluate_runs(workdirs, config=None, eval_overrides=None, cache=False):
   """({run name: results}, config of the first run) for each workdir.
 
   Each run uses its own config.json unless `config` is given; `eval_overrides` (an `eval`
   group) replaces every run's, so runs are compared under the same evaluation settings.
+  With `cache`, each run's results are also written to WORKDIR/eval/ and reused while its
+  newest checkpoint step and eval group are those they were computed for.
   """
   runs, first = {}, None
   for workdir in workdirs:
@@ -319,12 +321,43 @@ def evaluate_runs(workdirs, config=None, eval_overrides=None):
     if eval_overrides is not None:
       run_cfg = run_cfg.copy_and_resolve_references()
       run_cfg.eval = eval_overrides
-    spec = eval_spec(run_cfg)
-    kinds(run_cfg)
-    params = training.latest_params(run_cfg, workdir)
-    runs[os.path.basename(os.path.normpath(workdir))] = evaluate(run_cfg, params, spec)
+    name = os.path.basename(os.path.normpath(workdir))
+    key = {"step": _newest_step(workdir), "eval": run_cfg.eval.to_dict()}
+    results = _cached(workdir, name, key) if cache else None
+    if results is None:
+      spec = eval_spec(run_cfg)
+      kinds(run_cfg)
+      results = evaluate(run_cfg, training.latest_params(run_cfg, workdir), spec)
+      if cache:
+        out = os.path.join(workdir, "eval")
+        write_outputs({name: results}, run_cfg, out)
+        with open(os.path.join(out, CACHE_KEY), "w") as f:
+          json.dump(key, f)
+    runs[name] = results
     first = first or run_cfg
   return runs, first
+
+
+CACHE_KEY = "evaluated.json"  # beside a run's eval/results.json: what they were computed for
+
+
+def _newest_step(workdir):
+  path = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=None)
+
+
+def _cached(workdir, name, key):
+  """The run's results from WORKDIR/eval when computed for `key`, else None."""
+  out = os.path.join(workdir, "eval")
+  try:
+    with open(os.path.join(out, CACHE_KEY)) as f:
+      if json.load(f) != json.loads(json.dumps(key)):
+        return None
+    with open(os.path.join(out, "results.json")) as f:
+      return json.load(f)[name]
+  except (OSError, ValueError, KeyError):
+    return None
 
 
 # ---------------------------------------------------------------- tables

@@ -1,10 +1,17 @@
-"""python -m nopejax.report --sweep=DIR [--out=FILE]
+"""python -m nopejax.report --sweep=DIR[,DIR2...] [--out=FILE]
 
-Summarizes a scheme x task x seed sweep (configs/lengthgen.py) from DIR/eval/results.json, as
-Kazemnejad et al. 2023 do: for every task and seed the schemes are ranked by accuracy beyond the
-training length, and each scheme's mean reciprocal rank (MRR) is reported, by exact match (the
-paper's metric) and by per-token accuracy (which still separates schemes when exact match
-beyond the training length is 0 for all of them). Ties share the best rank of the tie.
+Summarizes scheme x task x seed sweeps (configs/lengthgen.py) from each run's evaluation
+(DIR/<run>/eval/results.json, written by `python -m nopejax.sweep`), as Kazemnejad et al. 2023
+do: for every task and seed the schemes are ranked by accuracy beyond the training length, and
+each scheme's mean reciprocal rank (MRR) is reported, by exact match (the paper's metric) and by
+per-token accuracy (which still separates schemes when exact match beyond the training length is
+0 for all of them). Ties share the best rank of the tie.
+
+The paper's five schemes are ranked among themselves, so their MRR sits beside the paper's; when
+the sweeps hold other schemes (the per-layer hybrids), all schemes are also ranked together. Only
+(task, seed) groups holding every ranked scheme count, so a sweep stopped part-way reports the
+groups it finished. Runs below FIT exact match within the training lengths are listed: their
+scores beyond it say more about fitting than about generalizing.
 """
 
 import collections
@@ -20,6 +27,7 @@ from nopejax import evaluation, training
 METRICS = ("exact_match", "token_accuracy")
 # The paper's no-scratchpad MRR (its Figure 3), for the table.
 PAPER_MRR = {"nope": 0.69, "t5": 0.55, "alibi": 0.50, "rope": 0.33, "abs": 0.22}
+FIT = 0.95  # the issue's bar: mean exact match over the training lengths
 
 
 def parse_run(name):
@@ -44,58 +52,126 @@ def ranks(scores):
   return {s: 1 + sum(other > v for other in scores.values()) for s, v in scores.items()}
 
 
-def summarize(runs, train_lengths):
-  """(per-scheme-and-task means, per-scheme MRR per metric) from {run name: results}."""
-  cells = collections.defaultdict(list)  # (scheme, task) -> [metrics per seed]
-  groups = collections.defaultdict(dict)  # (task, seed) -> {scheme: metrics}
+def _groups(runs, train_lengths):
+  """{(task, seed): {scheme: metrics}}."""
+  groups = collections.defaultdict(dict)
   for name, results in runs.items():
     run = parse_run(name)
-    metrics = beyond_training(results, run["task"], train_lengths[run["task"]])
-    cells[run["scheme"], run["task"]].append(metrics)
-    groups[run["task"], run.get("seed", "0")][run["scheme"]] = metrics
-  means = {key: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
-           for key, ms in cells.items()}
+    groups[run["task"], run.get("seed", "0")][run["scheme"]] = beyond_training(
+        results, run["task"], train_lengths[run["task"]])
+  return groups
+
+
+def mean_reciprocal_ranks(groups, schemes):
+  """({scheme: {metric: MRR}}, groups counted): `schemes` ranked among themselves in every
+  (task, seed) group that holds all of them."""
+  complete = [g for g in groups.values() if all(s in g for s in schemes)]
   mrr = collections.defaultdict(dict)
   for metric in METRICS:
     reciprocal = collections.defaultdict(list)
-    for schemes in groups.values():
-      for scheme, rank in ranks({s: m[metric] for s, m in schemes.items()}).items():
+    for group in complete:
+      for scheme, rank in ranks({s: group[s][metric] for s in schemes}).items():
         reciprocal[scheme].append(1.0 / rank)
     for scheme, values in reciprocal.items():
       mrr[scheme][metric] = float(np.mean(values))
-  return means, dict(mrr)
+  return dict(mrr), len(complete)
 
 
-def markdown(means, mrr):
-  schemes = sorted(mrr, key=lambda s: -mrr[s]["token_accuracy"])
+def summarize(runs, train_lengths, schemes=None):
+  """(per-scheme-and-task means and seed spread, per-scheme MRR per metric) from
+  {run name: results}; MRR ranks `schemes` (default: all of them) among themselves."""
+  groups = _groups(runs, train_lengths)
+  cells = collections.defaultdict(list)  # (scheme, task) -> [metrics per seed]
+  for (task, _), group in groups.items():
+    for scheme, metrics in group.items():
+      cells[scheme, task].append(metrics)
+  means = {}
+  for key, ms in cells.items():
+    means[key] = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+    means[key].update({"sd_" + k: float(np.std([m[k] for m in ms])) for k in METRICS})
+    means[key]["seeds"] = len(ms)
+  schemes = schemes or sorted({s for s, _ in cells})
+  return means, mean_reciprocal_ranks(groups, schemes)[0]
+
+
+def _mrr_table(title, mrr, count, paper):
+  order = sorted(mrr, key=lambda s: -mrr[s]["token_accuracy"])
+  lines = [title.format(count=count), "",
+           "| scheme | MRR (exact match) | MRR (per-token) |" + (" paper MRR |" if paper else ""),
+           "|---|---|---|" + ("---|" if paper else "")]
+  for s in order:
+    row = f"| {s} | {mrr[s]['exact_match']:.2f} | {mrr[s]['token_accuracy']:.2f} |"
+    if paper:
+      row += f" {PAPER_MRR[s]:.2f} |" if s in PAPER_MRR else " |"
+    lines.append(row)
+  return lines
+
+
+def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=()):
+  """The report: MRR of the paper's schemes (and of all schemes), then per-task accuracies."""
+  order = mrr_all or mrr
+  schemes = sorted({s for s, _ in means}, key=lambda s: -order.get(s, {}).get("token_accuracy", 0))
   tasks = sorted({t for _, t in means})
-  lines = ["| scheme | MRR (exact match) | MRR (per-token) | paper MRR |", "|---|---|---|---|"]
-  for s in schemes:
-    paper = PAPER_MRR.get(s)
-    lines.append(f"| {s} | {mrr[s]['exact_match']:.2f} | {mrr[s]['token_accuracy']:.2f} | "
-                 f"{'' if paper is None else f'{paper:.2f}'} |")
+  lines = _mrr_table("The paper's five schemes ranked among themselves ({count} task x seed "
+                     "groups):", mrr, counts[0], paper=True) if mrr else []
+  if mrr_all:
+    lines += [""] + _mrr_table("All schemes ranked together ({count} task x seed groups):",
+                               mrr_all, counts[1], paper=False)
   for metric in METRICS:
-    lines += ["", f"Beyond the training length, {metric.replace('_', ' ')} (mean over seeds; "
-              f"in brackets: within the training lengths)", "",
+    lines += ["", f"Beyond the training length, {metric.replace('_', ' ')}: mean ± sd over "
+              "seeds (in brackets: within the training lengths)", "",
               "| scheme | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for s in schemes:
-      row = [f"{means[s, t][metric]:.2f} ({means[s, t]['iid_' + metric]:.2f})"
-             if (s, t) in means else "" for t in tasks]
+      row = [f"{means[s, t][metric]:.2f} ± {means[s, t]['sd_' + metric]:.2f} "
+             f"({means[s, t]['iid_' + metric]:.2f})" if (s, t) in means else "" for t in tasks]
       lines.append(f"| {s} | " + " | ".join(row) + " |")
+  seeds = sorted({m["seeds"] for m in means.values()})
+  lines += ["", f"Seeds per cell: {', '.join(map(str, seeds))}."]
+  if unfit:
+    lines += ["", f"Below {FIT:.0%} exact match within the training lengths: "
+              + ", ".join(f"{n} ({v:.2f})" for n, v in unfit) + "."]
   return "\n".join(lines)
 
 
-def report(sweep_dir):
-  """Reads DIR/eval/results.json and each run's config; returns the markdown report."""
-  with open(os.path.join(sweep_dir, "eval", "results.json")) as f:
-    runs = json.load(f)
-  train_lengths = {}
-  for name in runs:
-    task = parse_run(name)["task"]
-    if task not in train_lengths:
-      cfg = training.load_config(os.path.join(sweep_dir, name))
-      train_lengths[task] = evaluation.train_length(cfg, task)
-  return markdown(*summarize(runs, train_lengths))
+def load_runs(sweep_dirs):
+  """({run name: results}, {task: training length}) from every evaluated run of the sweeps."""
+  runs, train_lengths = {}, {}
+  for sweep_dir in sweep_dirs:
+    if not os.path.isdir(sweep_dir):
+      raise ValueError(f"no such directory {sweep_dir!r}")
+    for name in sorted(os.listdir(sweep_dir)):
+      path = os.path.join(sweep_dir, name, "eval", "results.json")
+      if "scheme" not in parse_run(name) or not os.path.exists(path):
+        continue
+      with open(path) as f:
+        runs[name] = json.load(f)[name]
+      task = parse_run(name)["task"]
+      if task not in train_lengths:
+        cfg = training.load_config(os.path.join(sweep_dir, name))
+        train_lengths[task] = evaluation.train_length(cfg, task)
+  if not runs:
+    raise ValueError("no evaluated runs (DIR/<scheme=...>/eval/results.json); run "
+                     "`python -m nopejax.sweep` on it first")
+  return runs, train_lengths
+
+
+def report(sweep_dirs):
+  """The markdown report of the evaluated runs in `sweep_dirs`."""
+  runs, train_lengths = load_runs(sweep_dirs)
+  groups = _groups(runs, train_lengths)
+  present = sorted({s for g in groups.values() for s in g})
+  paper = [s for s in PAPER_MRR if s in present]
+  means, _ = summarize(runs, train_lengths)
+  mrr, n_paper = mean_reciprocal_ranks(groups, paper) if paper else ({}, 0)
+  mrr_all, n_all = (mean_reciprocal_ranks(groups, present)
+                    if set(present) - set(paper) else (None, None))
+  unfit = []
+  for name, results in runs.items():
+    run = parse_run(name)
+    iid = beyond_training(results, run["task"], train_lengths[run["task"]])["iid_exact_match"]
+    if iid < FIT:
+      unfit.append((name, iid))
+  return markdown(means, mrr, mrr_all, (n_paper, n_all), unfit)
 
 
 def main(argv):
@@ -104,7 +180,7 @@ def main(argv):
   try:
     text = report(flags.FLAGS.sweep)
   except (OSError, KeyError, ValueError) as e:
-    sys.exit(f"error: --sweep={flags.FLAGS.sweep}: {e}")
+    sys.exit(f"error: --sweep={','.join(flags.FLAGS.sweep)}: {e}")
   print(text)
   if flags.FLAGS.out:
     with open(flags.FLAGS.out, "w") as f:
@@ -112,7 +188,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("sweep", None, "A sweep directory evaluated by `python -m nopejax.sweep`.")
+  flags.DEFINE_list("sweep", None, "Sweep directories run by `python -m nopejax.sweep`.")
   flags.DEFINE_string("out", None, "Also write the markdown here.")
   flags.mark_flags_as_required(["sweep"])
   app.run(main)

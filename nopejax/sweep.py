@@ -2,8 +2,10 @@
 
 Expands the config file's `get_sweep(arg)` (a list of {dotted key: value} overrides) into runs,
 each in DIR/<its overrides>. `local` trains them one after another in this process (finished
-runs are skipped, unfinished ones resume), then evaluates them all into one table and plot in
-DIR/eval and a summary of final metrics in DIR/summary.md; `print` prints one train command per run.
+runs are skipped, unfinished ones resume) and evaluates each into DIR/<run>/eval as it finishes
+(reused while its newest checkpoint and eval group are unchanged), then compares them all in
+one table and plot in DIR/eval and writes a summary of final metrics to DIR/summary.md;
+`print` prints one train command per run.
 """
 
 import copy
@@ -126,6 +128,8 @@ def main(argv):
     workdir = os.path.join(FLAGS.workdir, name)
     if finished(cfg, workdir):
       print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
+      if FLAGS.evaluate:  # a no-op when its evaluation is cached
+        evaluation.evaluate_runs([workdir], cache=True)
       continue
     print(f"[{i + 1}/{len(runs)}] {name}: training in {workdir}")
     try:
@@ -137,13 +141,15 @@ def main(argv):
       # resumes this run and skips the finished ones when started again.
       print(f"[{i + 1}/{len(runs)}] {name}: preempted; run the sweep again to resume")
       return
+    if FLAGS.evaluate:  # now, so a sweep stopped part-way has its finished runs evaluated
+      evaluation.evaluate_runs([workdir], cache=True)
   text = summary(runs, FLAGS.workdir)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
     f.write(text + "\n")
   print(text)
   if FLAGS.evaluate:
     results, cfg = evaluation.evaluate_runs(
-        [os.path.join(FLAGS.workdir, name) for name, *_ in runs])
+        [os.path.join(FLAGS.workdir, name) for name, *_ in runs], cache=True)
     out = os.path.join(FLAGS.workdir, "eval")
     print(evaluation.write_outputs(results, cfg, out))
     print(f"wrote {out}/results.json, tables.md, accuracy.png")

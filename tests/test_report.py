@@ -1,5 +1,7 @@
 """The length-generalization report: ranks, MRR, and the smoke sweep end to end."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +13,9 @@ import pytest
 from nopejax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SPEC = importlib.util.spec_from_file_location("lengthgen", os.path.join(ROOT, "configs/lengthgen.py"))
+lengthgen = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(lengthgen)
 
 
 def test_ranks_share_the_best_rank_on_ties():
@@ -34,7 +39,47 @@ def test_mrr_by_hand():
   assert mrr["rope"] == {"exact_match": 0.75, "token_accuracy": 0.75}  # ranks 1,2 and 2,1
   assert means["nope", "copy"]["token_accuracy"] == pytest.approx(0.55)
   assert means["nope", "copy"]["iid_exact_match"] == 1.0
+  assert means["nope", "copy"]["sd_token_accuracy"] == pytest.approx(0.35)
   assert "| nope | 1.00 | 0.75 | 0.69 |" in report.markdown(means, mrr)
+
+
+def _results(task, iid_em, ood_tok):
+  return {task: {"1": {"exact_match": iid_em, "token_accuracy": 1.0},
+                 "3": {"exact_match": 0.0, "token_accuracy": ood_tok}}}
+
+
+def _write_run(sweep_dir, name, results):
+  run_dir = sweep_dir / name
+  (run_dir / "eval").mkdir(parents=True)
+  (run_dir / "eval" / "results.json").write_text(json.dumps({name: results}))
+  cfg = lengthgen.get_config(name)
+  cfg.data.train_length = 2
+  (run_dir / "config.json").write_text(cfg.to_json())
+
+
+def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tmp_path):
+  """Hybrids do not change the paper schemes' MRR; a group missing a scheme is not ranked;
+  a run that did not fit its training lengths is named."""
+  paper, hybrids = tmp_path / "paper", tmp_path / "hybrids"
+  scores = {"nope": 0.9, "rope": 0.5, "t5": 0.4, "alibi": 0.3, "abs": 0.1}
+  for scheme, tok in scores.items():
+    _write_run(paper, f"scheme={scheme},task=copy,seed=0", _results("copy", 1.0, tok))
+  _write_run(hybrids, "scheme=smollm3,task=copy,seed=0", _results("copy", 0.5, 0.95))
+  _write_run(paper, "scheme=nope,task=copy,seed=1", _results("copy", 1.0, 0.0))  # no seed-1 rest
+  text = report.report([str(paper), str(hybrids)])
+  assert "ranked among themselves (1 task x seed groups)" in text
+  assert "| nope | 1.00 | 1.00 | 0.69 |" in text  # rank 1 of the five
+  assert "| rope | 1.00 | 0.50 | 0.33 |" in text
+  assert "All schemes ranked together (1 task x seed groups)" in text
+  assert "| smollm3 | 1.00 | 1.00 |" in text and "| nope | 1.00 | 0.50 |" in text
+  assert "scheme=smollm3,task=copy,seed=0 (0.50)" in text  # below the fit bar
+  assert "0.45 ± 0.45 (1.00)" in text  # nope's two seeds: mean, spread, within training
+
+
+def test_report_without_evaluated_runs_says_so(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "nopejax.report", f"--sweep={tmp_path}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "no evaluated runs" in proc.stderr
 
 
 def test_smoke_sweep_runs_evaluates_and_reports(tmp_path):
@@ -49,4 +94,12 @@ def test_smoke_sweep_runs_evaluates_and_reports(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   for scheme in ("nope", "t5", "alibi", "rope", "abs"):
     assert f"| {scheme} |" in proc.stdout
-  assert (tmp_path / "report.md").read_text().startswith("| scheme | MRR (exact match)")
+  assert (tmp_path / "report.md").read_text().startswith("The paper's five schemes ranked")
+  # Each run was evaluated as it finished; a second sweep call reuses those evaluations.
+  cached = [sweep_dir / name / "eval" / "results.json" for name in os.listdir(sweep_dir)
+            if name.startswith("scheme=")]
+  assert len(cached) == 5 and all(p.with_name("evaluated.json").exists() for p in cached)
+  mtimes = [p.stat().st_mtime_ns for p in cached]
+  proc = run("nopejax.sweep", "--config=configs/lengthgen.py:runlocal", f"--workdir={sweep_dir}")
+  assert proc.returncode == 0 and proc.stdout.count("finished, skipping") == 5
+  assert [p.stat().st_mtime_ns for p in cached] == mtimes

@@ -7,6 +7,8 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pytest
+
 from nopejax import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,9 +34,30 @@ def test_arg_level_sweeps_rebuild_the_config():
       "rope", 0.25, "addition", 2)
   cfg, _ = by_name["scheme=abs,task=copy,seed=0"]
   assert (cfg.model.positions, cfg.model.input_positions) == ("nope", "sinusoidal")
+  assert {cfg.train.seed for _, _, cfg, _ in runs[:30]} == {0}  # seed-major
+  assert (by_name["scheme=nope,task=parity,seed=0"][0].data.seq_len,
+          by_name["scheme=nope,task=summation,seed=0"][0].data.seq_len) == (33, 23)
+  narrow = sweep.expand(module, "schemes=nope+llama4,seeds=1")
+  assert [n for n, *_ in narrow[:2]] == ["scheme=nope,task=copy,seed=0",
+                                         "scheme=llama4,task=copy,seed=0"]
+  assert len(narrow) == 12
+  with pytest.raises(ValueError, match="config arg schemes: unknown fope"):
+    sweep.expand(module, "schemes=fope")
   hybrids = sweep.expand(module, "hybrids")
   assert {c.model.positions for _, _, c, _ in hybrids} == {
       "smollm3", "alternate", "rnope_swa:16", "llama4:16"}
+
+
+def test_lengthgen_rows_fit_each_task_exactly():
+  """SEQ_LEN is each task's longest training document (minus one): no overflow, no waste."""
+  import random
+  from nopejax import tasks
+  module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/lengthgen.py"))
+  for name, seq_len in module.SEQ_LEN.items():
+    task, rng = tasks.TASKS[name], random.Random(0)
+    longest = max(len(e.prompt.split()) + len(e.answer.split()) + 1
+                  for e in (task.make(rng, task.train_length) for _ in range(3000)))
+    assert seq_len == longest, name
 
 
 def test_print_launcher():
