@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -325,6 +326,7 @@ def evaluate_runs(workdirs, config=None, eval_overrides=None, cache=False):
     key = {"step": _newest_step(workdir), "eval": run_cfg.eval.to_dict()}
     results = _cached(workdir, name, key) if cache else None
     if results is None:
+      start = time.perf_counter()
       spec = eval_spec(run_cfg)
       kinds(run_cfg)
       results = evaluate(run_cfg, training.latest_params(run_cfg, workdir), spec)
@@ -332,13 +334,14 @@ def evaluate_runs(workdirs, config=None, eval_overrides=None, cache=False):
         out = os.path.join(workdir, "eval")
         write_outputs({name: results}, run_cfg, out)
         with open(os.path.join(out, CACHE_KEY), "w") as f:
-          json.dump(key, f)
+          json.dump(dict(key, seconds=time.perf_counter() - start), f)
     runs[name] = results
     first = first or run_cfg
   return runs, first
 
 
-CACHE_KEY = "evaluated.json"  # beside a run's eval/results.json: what they were computed for
+# Beside a run's eval/results.json: the step and eval group they are for, and the seconds taken.
+CACHE_KEY = "evaluated.json"
 
 
 def _newest_step(workdir):
@@ -352,8 +355,9 @@ def _cached(workdir, name, key):
   out = os.path.join(workdir, "eval")
   try:
     with open(os.path.join(out, CACHE_KEY)) as f:
-      if json.load(f) != json.loads(json.dumps(key)):
-        return None
+      stored = json.load(f)
+    if {k: stored.get(k) for k in key} != json.loads(json.dumps(key)):
+      return None
     with open(os.path.join(out, "results.json")) as f:
       return json.load(f)[name]
   except (OSError, ValueError, KeyError):
@@ -429,7 +433,8 @@ def passkey_table(runs, cfg):
 # ---------------------------------------------------------------- plots
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (no display needed)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -438,7 +443,7 @@ def _pyplot():
 
 def plot(runs, cfg, path):
   """Accuracy against length, one panel per (task, metric), the training length marked."""
-  plt = _pyplot()
+  plt = pyplot()
   tasks = _tasks_of(runs)
   metrics = ("exact_match", "token_accuracy")
   fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.2 * len(tasks)), squeeze=False)
@@ -465,7 +470,7 @@ def _plot_runs(ax, runs, section, metric):
 
 def plot_lm(runs, cfg, path):
   """Bits per byte and perplexity against context length (log scale), training length marked."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   for ax, metric in zip(axes, ("bits_per_byte", "perplexity")):
     _plot_runs(ax, runs, "lm", metric)
@@ -480,7 +485,7 @@ def plot_lm(runs, cfg, path):
 
 def plot_passkey(runs, cfg, path):
   """One heatmap per run (depth x length) and accuracy by length averaged over depths."""
-  plt = _pyplot()
+  plt = pyplot()
   named = [(name, r["passkey"]) for name, r in runs.items() if "passkey" in r]
   fig, axes = plt.subplots(1, len(named) + 1, figsize=(4.2 * (len(named) + 1), 3.6),
                            squeeze=False)

@@ -1,4 +1,4 @@
-"""python -m nopejax.report --sweep=DIR[,DIR2...] [--out=FILE]
+"""python -m nopejax.report --sweep=DIR[,DIR2...] [--out=FILE] [--plot=FILE.png]
 
 Summarizes scheme x task x seed sweeps (configs/lengthgen.py) from each run's evaluation
 (DIR/<run>/eval/results.json, written by `python -m nopejax.sweep`), as Kazemnejad et al. 2023
@@ -133,26 +133,86 @@ def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=()):
   return "\n".join(lines)
 
 
-def load_runs(sweep_dirs):
-  """({run name: results}, {task: training length}) from every evaluated run of the sweeps."""
-  runs, train_lengths = {}, {}
+def seed_means(runs):
+  """{run: results} -> {scheme: {task: {length: {metric: mean over seeds}}}}."""
+  values = collections.defaultdict(list)  # (scheme, task, length, metric) -> [per seed]
+  for name, results in runs.items():
+    run = parse_run(name)
+    for length, metrics in results.get(run["task"], {}).items():
+      for metric in METRICS:
+        values[run["scheme"], run["task"], length, metric].append(metrics[metric])
+  out = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(dict)))
+  for (scheme, task, length, metric), v in values.items():
+    out[scheme][task][length][metric] = float(np.mean(v))
+  return out
+
+
+def plot(runs, train_lengths, path):
+  """Accuracy against length, one line per scheme (mean over seeds), one row per task."""
+  plt = evaluation.pyplot()
+  by_scheme = seed_means(runs)
+  tasks = sorted(train_lengths)
+  fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3 * len(tasks)), squeeze=False)
+  for row, task in enumerate(tasks):
+    for col, metric in enumerate(METRICS):
+      ax = axes[row][col]
+      for scheme, results in by_scheme.items():
+        points = sorted((int(n), m[metric]) for n, m in results.get(task, {}).items())
+        if points:
+          ax.plot(*zip(*points), marker=".", label=scheme,
+                  linestyle="-" if scheme in PAPER_MRR else "--")
+      ax.axvline(train_lengths[task] + 0.5, color="gray", linestyle=":")
+      ax.set(title=f"{task}: {metric.replace('_', ' ')}", xlabel="length", ylim=(-0.02, 1.02))
+      ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def run_dirs(sweep_dirs):
+  """[(run name, run dir)] of every evaluated scheme=... run in the sweep directories."""
+  found = []
   for sweep_dir in sweep_dirs:
     if not os.path.isdir(sweep_dir):
       raise ValueError(f"no such directory {sweep_dir!r}")
     for name in sorted(os.listdir(sweep_dir)):
-      path = os.path.join(sweep_dir, name, "eval", "results.json")
-      if "scheme" not in parse_run(name) or not os.path.exists(path):
-        continue
-      with open(path) as f:
-        runs[name] = json.load(f)[name]
-      task = parse_run(name)["task"]
-      if task not in train_lengths:
-        cfg = training.load_config(os.path.join(sweep_dir, name))
-        train_lengths[task] = evaluation.train_length(cfg, task)
-  if not runs:
+      path = os.path.join(sweep_dir, name)
+      if "scheme" in parse_run(name) and os.path.exists(os.path.join(path, "eval", "results.json")):
+        found.append((name, path))
+  if not found:
     raise ValueError("no evaluated runs (DIR/<scheme=...>/eval/results.json); run "
                      "`python -m nopejax.sweep` on it first")
+  return found
+
+
+def load_runs(sweep_dirs):
+  """({run name: results}, {task: training length}) from every evaluated run of the sweeps."""
+  runs, train_lengths = {}, {}
+  for name, path in run_dirs(sweep_dirs):
+    with open(os.path.join(path, "eval", "results.json")) as f:
+      runs[name] = json.load(f)[name]
+    task = parse_run(name)["task"]
+    if task not in train_lengths:
+      train_lengths[task] = evaluation.train_length(training.load_config(path), task)
   return runs, train_lengths
+
+
+def compute_seconds(run_dir):
+  """(seconds of training steps, seconds of evaluation) a run took: steps from its logged
+  mean step times (compilation and checkpoint saves excluded), evaluation as recorded."""
+  train, last = 0.0, 0
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "step_s" in record:
+        train += record["step_s"] * (record["step"] - last)
+        last = record["step"]
+  try:
+    with open(os.path.join(run_dir, "eval", evaluation.CACHE_KEY)) as f:
+      evaluate = json.load(f).get("seconds", 0.0)
+  except OSError:
+    evaluate = 0.0
+  return train, evaluate
 
 
 def report(sweep_dirs):
@@ -171,7 +231,10 @@ def report(sweep_dirs):
     iid = beyond_training(results, run["task"], train_lengths[run["task"]])["iid_exact_match"]
     if iid < FIT:
       unfit.append((name, iid))
-  return markdown(means, mrr, mrr_all, (n_paper, n_all), unfit)
+  train, evaluate = np.sum([compute_seconds(path) for _, path in run_dirs(sweep_dirs)], axis=0)
+  return (markdown(means, mrr, mrr_all, (n_paper, n_all), unfit) +
+          f"\n\nCompute: {len(runs)} runs, {train / 3600:.2f} h of training steps and "
+          f"{evaluate / 3600:.2f} h of evaluation.")
 
 
 def main(argv):
@@ -179,6 +242,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     text = report(flags.FLAGS.sweep)
+    if flags.FLAGS.plot:
+      plot(*load_runs(flags.FLAGS.sweep), flags.FLAGS.plot)
   except (OSError, KeyError, ValueError) as e:
     sys.exit(f"error: --sweep={','.join(flags.FLAGS.sweep)}: {e}")
   print(text)
@@ -190,5 +255,6 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_list("sweep", None, "Sweep directories run by `python -m nopejax.sweep`.")
   flags.DEFINE_string("out", None, "Also write the markdown here.")
+  flags.DEFINE_string("plot", None, "Also plot accuracy by length per task and scheme (PNG).")
   flags.mark_flags_as_required(["sweep"])
   app.run(main)

@@ -55,6 +55,9 @@ def _write_run(sweep_dir, name, results):
   cfg = lengthgen.get_config(name)
   cfg.data.train_length = 2
   (run_dir / "config.json").write_text(cfg.to_json())
+  (run_dir / "metrics.jsonl").write_text('{"step": 100, "step_s": 0.5}\n{"step": 100, "val_loss": 1}\n'
+                                         '{"step": 300, "step_s": 1.0}\n')
+  (run_dir / "eval" / "evaluated.json").write_text('{"step": 300, "eval": {}, "seconds": 30}')
 
 
 def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tmp_path):
@@ -74,6 +77,10 @@ def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tm
   assert "| smollm3 | 1.00 | 1.00 |" in text and "| nope | 1.00 | 0.50 |" in text
   assert "scheme=smollm3,task=copy,seed=0 (0.50)" in text  # below the fit bar
   assert "0.45 ± 0.45 (1.00)" in text  # nope's two seeds: mean, spread, within training
+  # 7 x (100 x 0.5 s + 200 x 1.0 s) of steps, 7 x 30 s of evaluation
+  assert "Compute: 7 runs, 0.49 h of training steps and 0.06 h of evaluation." in text
+  means = report.seed_means(report.load_runs([str(paper)])[0])
+  assert means["nope"]["copy"]["3"]["token_accuracy"] == pytest.approx(0.45)
 
 
 def test_report_without_evaluated_runs_says_so(tmp_path):
@@ -90,8 +97,10 @@ def test_smoke_sweep_runs_evaluates_and_reports(tmp_path):
                                      capture_output=True, text=True, timeout=900)
   proc = run("nopejax.sweep", "--config=configs/lengthgen.py:runlocal", f"--workdir={sweep_dir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run("nopejax.report", f"--sweep={sweep_dir}", f"--out={tmp_path / 'report.md'}")
+  proc = run("nopejax.report", f"--sweep={sweep_dir}", f"--out={tmp_path / 'report.md'}",
+             f"--plot={tmp_path / 'report.png'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "report.png").stat().st_size > 10_000
   for scheme in ("nope", "t5", "alibi", "rope", "abs"):
     assert f"| {scheme} |" in proc.stdout
   assert (tmp_path / "report.md").read_text().startswith("The paper's five schemes ranked")
