@@ -130,7 +130,7 @@ def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=()):
   if unfit:
     lines += ["", f"Below {FIT:.0%} exact match within the training lengths: "
               + ", ".join(f"{n} ({v:.2f})" for n, v in unfit) + "."]
-  return "\n".join(lines)
+  return "\n".join(lines).lstrip("\n")
 
 
 def seed_means(runs):
@@ -222,7 +222,7 @@ def report(sweep_dirs):
   present = sorted({s for g in groups.values() for s in g})
   paper = [s for s in PAPER_MRR if s in present]
   means, _ = summarize(runs, train_lengths)
-  mrr, n_paper = mean_reciprocal_ranks(groups, paper) if paper else ({}, 0)
+  mrr, n_paper = mean_reciprocal_ranks(groups, paper) if len(paper) > 1 else ({}, 0)
   mrr_all, n_all = (mean_reciprocal_ranks(groups, present)
                     if set(present) - set(paper) else (None, None))
   unfit = []
