@@ -240,6 +240,9 @@ def report(sweep_dirs):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for path in (flags.FLAGS.out, flags.FLAGS.plot):
+    if path:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   try:
     text = report(flags.FLAGS.sweep)
     if flags.FLAGS.plot:
