@@ -152,14 +152,15 @@ def plot(runs, train_lengths, path):
   plt = evaluation.pyplot()
   by_scheme = seed_means(runs)
   tasks = sorted(train_lengths)
+  order = [s for s in PAPER_MRR if s in by_scheme] + sorted(set(by_scheme) - set(PAPER_MRR))
   fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3 * len(tasks)), squeeze=False)
   for row, task in enumerate(tasks):
     for col, metric in enumerate(METRICS):
       ax = axes[row][col]
-      for scheme, results in by_scheme.items():
-        points = sorted((int(n), m[metric]) for n, m in results.get(task, {}).items())
+      for i, scheme in enumerate(order):  # one color per scheme in every panel
+        points = sorted((int(n), m[metric]) for n, m in by_scheme[scheme].get(task, {}).items())
         if points:
-          ax.plot(*zip(*points), marker=".", label=scheme,
+          ax.plot(*zip(*points), marker=".", label=scheme, color=f"C{i % 10}",
                   linestyle="-" if scheme in PAPER_MRR else "--")
       ax.axvline(train_lengths[task] + 0.5, color="gray", linestyle=":")
       ax.set(title=f"{task}: {metric.replace('_', ' ')}", xlabel="length", ylim=(-0.02, 1.02))
