@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 
@@ -145,10 +146,9 @@ class Preemption:
 def _check_workdir(workdir):
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
+    # A name of its own per process: several processes probe one shared workdir at once.
+    with tempfile.NamedTemporaryFile("w", dir=workdir, prefix=".write_test") as f:
       f.write("ok")
-    os.remove(probe)
   except OSError as e:
     raise ValueError(f"--workdir: cannot write to {workdir!r}: {e.strerror}") from None
 

@@ -21,10 +21,13 @@ sys.path.insert(0, ROOT)
 from configs import tiny  # noqa: E402
 
 
-def bash(*args, env=None):
+def bash(*args, env=None, logs=()):
+  """Runs a launcher; a failure shows its stderr and the tails of `logs` (other processes')."""
   proc = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, **(env or {})))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  tails = "".join(f"\n--- {log}:\n{open(log).read()[-2000:]}" for log in logs
+                  if os.path.exists(log))
+  assert proc.returncode == 0, proc.stderr[-3000:] + tails
   return proc.stdout
 
 
@@ -90,7 +93,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
            "--config.train.log_every=1", "--config.train.eval_every=4"]
   bash("launch/multiprocess.sh", "-n", "2", "--port", str(_free_port()), "--",
        "--config=configs/tiny.py", f"--workdir={tmp_path / 'two'}", *flags,
-       env={"PYTHON": sys.executable})
+       env={"PYTHON": sys.executable}, logs=["/tmp/nopejax_process_1.log"])
   monkeypatch.setattr(data_lib, "train_iter", TwoShards)
   cfg = tiny.get_config()
   cfg.data.data_dir, cfg.train.steps, cfg.train.log_every, cfg.train.eval_every = (
