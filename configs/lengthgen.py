@@ -40,7 +40,7 @@ HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
 def _arg(arg):
   return experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
                               layers=4, hybrids=False, runlocal=False, tasks="+".join(TASKS),
-                              seeds=3, seq_len=0, schemes="")
+                              seeds=3, first_seed=0, seq_len=0, schemes="")
 
 
 def get_config(arg=None):
@@ -90,7 +90,8 @@ def _names(text):
 
 def get_sweep(arg=None):
   """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`,
-  `schemes` (`+`-separated) and `seeds` narrow it, e.g. `:tasks=copy,seeds=3`.
+  `schemes` (`+`-separated), `seeds` and `first_seed` narrow it, e.g. `:tasks=copy,seeds=3`
+  or `:seeds=2,first_seed=1` (seeds 1 and 2).
 
   Seed-major: a sweep stopped part-way has every task and scheme of its first seeds.
   """
@@ -100,5 +101,5 @@ def get_sweep(arg=None):
   if unknown:
     raise ValueError(f"config arg schemes: unknown {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
   tasks = (a.task,) if a.runlocal else _names(a.tasks)
-  seeds = (0,) if a.runlocal else tuple(range(a.seeds))
+  seeds = (0,) if a.runlocal else tuple(range(a.first_seed, a.first_seed + a.seeds))
   return [{"scheme": s, "task": t, "seed": seed} for seed in seeds for t in tasks for s in schemes]

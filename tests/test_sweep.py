@@ -41,6 +41,9 @@ def test_arg_level_sweeps_rebuild_the_config():
   assert [n for n, *_ in narrow[:2]] == ["scheme=nope,task=copy,seed=0",
                                          "scheme=llama4,task=copy,seed=0"]
   assert len(narrow) == 12
+  later = sweep.expand(module, "schemes=nope,tasks=copy,seeds=2,first_seed=1")
+  assert [n for n, *_ in later] == ["scheme=nope,task=copy,seed=1", "scheme=nope,task=copy,seed=2"]
+  assert [c.train.seed for _, _, c, _ in later] == [1, 2]
   with pytest.raises(ValueError, match="config arg schemes: unknown fope"):
     sweep.expand(module, "schemes=fope")
   hybrids = sweep.expand(module, "hybrids")
