@@ -52,13 +52,21 @@ def ranks(scores):
   return {s: 1 + sum(other > v for other in scores.values()) for s, v in scores.items()}
 
 
-def _groups(runs, train_lengths):
-  """{(task, seed): {scheme: metrics}}."""
-  groups = collections.defaultdict(dict)
+def scores(runs, train_lengths):
+  """{run name: beyond_training metrics} of every run."""
+  out = {}
   for name, results in runs.items():
+    task = parse_run(name)["task"]
+    out[name] = beyond_training(results, task, train_lengths[task])
+  return out
+
+
+def _groups(scored):
+  """{(task, seed): {scheme: metrics}} from {run name: metrics}."""
+  groups = collections.defaultdict(dict)
+  for name, metrics in scored.items():
     run = parse_run(name)
-    groups[run["task"], run.get("seed", "0")][run["scheme"]] = beyond_training(
-        results, run["task"], train_lengths[run["task"]])
+    groups[run["task"], run.get("seed", "0")][run["scheme"]] = metrics
   return groups
 
 
@@ -80,7 +88,13 @@ def mean_reciprocal_ranks(groups, schemes):
 def summarize(runs, train_lengths, schemes=None):
   """(per-scheme-and-task means and seed spread, per-scheme MRR per metric) from
   {run name: results}; MRR ranks `schemes` (default: all of them) among themselves."""
-  groups = _groups(runs, train_lengths)
+  groups = _groups(scores(runs, train_lengths))
+  means = cell_means(groups)
+  return means, mean_reciprocal_ranks(groups, schemes or sorted({s for s, _ in means}))[0]
+
+
+def cell_means(groups):
+  """{(scheme, task): metrics averaged over seeds, their spread (sd_...) and seed count}."""
   cells = collections.defaultdict(list)  # (scheme, task) -> [metrics per seed]
   for (task, _), group in groups.items():
     for scheme, metrics in group.items():
@@ -90,8 +104,7 @@ def summarize(runs, train_lengths, schemes=None):
     means[key] = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
     means[key].update({"sd_" + k: float(np.std([m[k] for m in ms])) for k in METRICS})
     means[key]["seeds"] = len(ms)
-  schemes = schemes or sorted({s for s, _ in cells})
-  return means, mean_reciprocal_ranks(groups, schemes)[0]
+  return means
 
 
 def _mrr_table(title, mrr, count, paper):
@@ -187,15 +200,19 @@ def run_dirs(sweep_dirs):
 
 
 def load_runs(sweep_dirs):
-  """({run name: results}, {task: training length}) from every evaluated run of the sweeps."""
-  runs, train_lengths = {}, {}
+  """({run name: results}, {task: training length}, {run name: run dir}) from every evaluated
+  run of the sweeps."""
+  runs, train_lengths, paths = {}, {}, {}
   for name, path in run_dirs(sweep_dirs):
+    if name in paths:
+      raise ValueError(f"run {name} is in two sweeps: {paths[name]} and {path}")
+    paths[name] = path
     with open(os.path.join(path, "eval", "results.json")) as f:
       runs[name] = json.load(f)[name]
     task = parse_run(name)["task"]
     if task not in train_lengths:
       train_lengths[task] = evaluation.train_length(training.load_config(path), task)
-  return runs, train_lengths
+  return runs, train_lengths, paths
 
 
 def compute_seconds(run_dir):
@@ -216,23 +233,19 @@ def compute_seconds(run_dir):
   return train, evaluate
 
 
-def report(sweep_dirs):
-  """The markdown report of the evaluated runs in `sweep_dirs`."""
-  runs, train_lengths = load_runs(sweep_dirs)
-  groups = _groups(runs, train_lengths)
+def report(runs, train_lengths, paths):
+  """The markdown report of the runs `load_runs` read."""
+  scored = scores(runs, train_lengths)
+  groups = _groups(scored)
   present = sorted({s for g in groups.values() for s in g})
   paper = [s for s in PAPER_MRR if s in present]
-  means, _ = summarize(runs, train_lengths)
+  means = cell_means(groups)
   mrr, n_paper = mean_reciprocal_ranks(groups, paper) if len(paper) > 1 else ({}, 0)
   mrr_all, n_all = (mean_reciprocal_ranks(groups, present)
                     if set(present) - set(paper) else (None, None))
-  unfit = []
-  for name, results in runs.items():
-    run = parse_run(name)
-    iid = beyond_training(results, run["task"], train_lengths[run["task"]])["iid_exact_match"]
-    if iid < FIT:
-      unfit.append((name, iid))
-  train, evaluate = np.sum([compute_seconds(path) for _, path in run_dirs(sweep_dirs)], axis=0)
+  unfit = [(name, m["iid_exact_match"]) for name, m in scored.items()
+           if m["iid_exact_match"] < FIT]
+  train, evaluate = np.sum([compute_seconds(path) for path in paths.values()], axis=0)
   return (markdown(means, mrr, mrr_all, (n_paper, n_all), unfit) +
           f"\n\nCompute: {len(runs)} runs, {train / 3600:.2f} h of training steps and "
           f"{evaluate / 3600:.2f} h of evaluation.")
@@ -245,9 +258,10 @@ def main(argv):
     if path:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   try:
-    text = report(flags.FLAGS.sweep)
+    runs, train_lengths, paths = load_runs(flags.FLAGS.sweep)
+    text = report(runs, train_lengths, paths)
     if flags.FLAGS.plot:
-      plot(*load_runs(flags.FLAGS.sweep), flags.FLAGS.plot)
+      plot(runs, train_lengths, flags.FLAGS.plot)
   except (OSError, KeyError, ValueError) as e:
     sys.exit(f"error: --sweep={','.join(flags.FLAGS.sweep)}: {e}")
   print(text)

@@ -69,7 +69,7 @@ def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tm
     _write_run(paper, f"scheme={scheme},task=copy,seed=0", _results("copy", 1.0, tok))
   _write_run(hybrids, "scheme=smollm3,task=copy,seed=0", _results("copy", 0.5, 0.95))
   _write_run(paper, "scheme=nope,task=copy,seed=1", _results("copy", 1.0, 0.0))  # no seed-1 rest
-  text = report.report([str(paper), str(hybrids)])
+  text = report.report(*report.load_runs([str(paper), str(hybrids)]))
   assert "ranked among themselves (1 task x seed groups)" in text
   assert "| nope | 1.00 | 1.00 | 0.69 |" in text  # rank 1 of the five
   assert "| rope | 1.00 | 0.50 | 0.33 |" in text
@@ -81,6 +81,9 @@ def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tm
   assert "Compute: 7 runs, 0.49 h of training steps and 0.06 h of evaluation." in text
   means = report.seed_means(report.load_runs([str(paper)])[0])
   assert means["nope"]["copy"]["3"]["token_accuracy"] == pytest.approx(0.45)
+  _write_run(hybrids, "scheme=nope,task=copy,seed=1", _results("copy", 1.0, 0.0))
+  with pytest.raises(ValueError, match="run scheme=nope,task=copy,seed=1 is in two sweeps"):
+    report.load_runs([str(paper), str(hybrids)])
 
 
 def test_report_without_evaluated_runs_says_so(tmp_path):
