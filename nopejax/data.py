@@ -58,7 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.overflow = 'error'  # a task document longer than seq_len + 1: 'error' or 'truncate'
   c.shuffle = True  # shuffle training documents, differently each epoch
   c.num_workers = 0  # grain worker processes; 0 reads in-process (changing it changes the order)
-  c.passkey_lengths = (256, 512, 1024, 2048)  # passkey document lengths, in tokens
+  c.passkey_lengths = (256, 512, 1024, 2048)  # passkey document lengths, in tokens (evaluation)
+  c.passkey_train_lengths = ()  # lengths of the train/validation splits; () = passkey_lengths
   c.passkey_depths = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle position as a fraction of the filler
   c.num_passkey = 20  # examples per (length, depth)
   return c
@@ -112,6 +113,8 @@ def validate(data_cfg, vocab_size: int) -> None:  # pylint: disable=redefined-ou
            f'data.passkey_lengths: need positive lengths, got {data_cfg.passkey_lengths}')
     _check(len(data_cfg.passkey_depths) > 0 and all(0 <= d <= 1 for d in data_cfg.passkey_depths),
            f'data.passkey_depths: need fractions in [0, 1], got {data_cfg.passkey_depths}')
+    _check(all(n > 0 for n in data_cfg.passkey_train_lengths),
+           f'data.passkey_train_lengths: need positive lengths, got {data_cfg.passkey_train_lengths}')
   if data_cfg.kind == 'text' or tok == 'sentencepiece':
     _validate_corpus(data_cfg.corpus)
   needed = _vocab_size(data_cfg)

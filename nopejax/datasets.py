@@ -172,6 +172,7 @@ class NopejaxTasks(_Builder):
 @dataclasses.dataclass
 class PasskeyConfig(tfds.core.BuilderConfig):
   lengths: tuple[int, ...] = ()
+  train_lengths: tuple[int, ...] = ()  # () = lengths
   depths: tuple[float, ...] = ()
   num_passkey: int = 0
   num_train: int = 0
@@ -185,7 +186,8 @@ def passkey_split(length: int, depth: float) -> str:
 
 class NopejaxPasskey(_Builder):
   """Passkey retrieval: 'len<L>_depth<D>' splits (D with p for the point), and
-  'train'/'validation' drawing (length, depth) from the lists. A document,
+  'train'/'validation' drawing (length, depth) from train_lengths (else lengths) and depths,
+  so a model can learn retrieval at short lengths and be tested at long ones. A document,
   bos + prompt + answer + eos, is at most `length` tokens, filled as far as fits."""
 
   def _features(self):
@@ -194,7 +196,8 @@ class NopejaxPasskey(_Builder):
   def _splits(self):
     c = self.builder_config
     grid = [(n, d) for n in c.lengths for d in c.depths]
-    splits = {'train': (grid, c.num_train), 'validation': (grid, c.num_test)}
+    train_grid = [(n, d) for n in c.train_lengths or c.lengths for d in c.depths]
+    splits = {'train': (train_grid, c.num_train), 'validation': (train_grid, c.num_test)}
     splits.update({passkey_split(n, d): ([(n, d)], c.num_passkey) for n, d in grid})
     return {name: (name, *spec) for name, spec in splits.items()}
 
@@ -283,7 +286,9 @@ def task_sources(data_cfg, tokenizer, task: str) -> dict:
 
 
 def passkey_sources(data_cfg, tokenizer) -> dict:
-  params = dict(lengths=tuple(data_cfg.passkey_lengths), depths=tuple(data_cfg.passkey_depths),
+  params = dict(lengths=tuple(data_cfg.passkey_lengths),
+                train_lengths=tuple(data_cfg.passkey_train_lengths),
+                depths=tuple(data_cfg.passkey_depths),
                 num_passkey=data_cfg.num_passkey, num_train=data_cfg.num_train,
                 num_test=data_cfg.num_test, seed=data_cfg.seed)
   name = f'passkey-{_hash([params, tokenizer.name])}'

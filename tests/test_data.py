@@ -126,6 +126,23 @@ def test_passkey_examples_fit_and_hold_the_key(cfg):
     data.passkey_examples(cfg, 500, 0.5)
 
 
+def test_passkey_trains_on_its_own_lengths(cfg):
+  """passkey_train_lengths: train/validation documents at most 300 tokens, tests at 500, 900."""
+  cfg.kind, cfg.passkey_lengths, cfg.passkey_depths = 'passkey', (500, 900), (0.0, 1.0)
+  cfg.passkey_train_lengths = (300,)
+  cfg.num_train, cfg.num_test, cfg.num_passkey = 8, 4, 2
+  for split, count in (('train', 8), ('validation', 4)):
+    _, (source,) = data._sources(cfg, split)
+    records = data._read_all(source)
+    assert len(records) == count
+    assert {int(r['length']) for r in records} == {300}, split
+    assert all(200 < len(r['inputs']) + len(r['targets']) + 2 <= 300 for r in records)
+  assert all(len(e['prompt']) > 800 for e in data.passkey_examples(cfg, 900, 1.0))
+  cfg.passkey_train_lengths = (300, 0)
+  with pytest.raises(ValueError, match=r'data.passkey_train_lengths: need positive lengths'):
+    data.validate(cfg, vocab_size=259)
+
+
 def test_text_documents_split_by_path_hash(cfg, corpus):
   text_cfg(cfg, corpus)
   root, files = datasets.corpus_files(corpus)

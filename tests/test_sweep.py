@@ -116,3 +116,16 @@ def test_sigterm_stops_the_sweep_and_a_rerun_resumes(tmp_path):
   assert "positions=nope: preempted; run the sweep again to resume" in out
   assert not (workdir / "positions=rope").exists()  # the sweep stopped instead of moving on
   assert [s for s in os.listdir(workdir / "positions=nope" / "checkpoints") if s.isdigit()]
+
+
+def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
+  module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/text.py"))
+  runs = sweep.expand(module, "passkey_from=runs/text")
+  assert [cfg.train.init_from for _, _, cfg, _ in runs] == [
+      "runs/text/positions=rope", "runs/text/positions=nope", "runs/text/positions=smollm3",
+      "runs/text/positions=rnope_swa:128"]
+  cfg = runs[0][2]
+  assert (cfg.data.kind, tuple(cfg.data.passkey_train_lengths), cfg.eval.kinds) == (
+      "passkey", (256, 512), "passkey")
+  assert max(cfg.data.passkey_lengths) == 4096 and cfg.data.seq_len == 512
+  assert sweep.expand(module, "")[0][2].train.init_from == ""  # the LM stage starts fresh
