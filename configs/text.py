@@ -14,9 +14,17 @@ import os
 from nopejax import data, experiment
 
 
+PATTERNS = ("rope", "nope", "smollm3", "rnope_swa:128")
+
+
+def _arg(arg):
+  return experiment.parse_arg(arg, positions="nope", seq_len=512, steps=1000, d_model=64,
+                              layers=4, seed=0, runlocal=False, passkey_from="",
+                              passkey_steps=500, patterns="")
+
+
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, positions="nope", seq_len=512, steps=1000, d_model=64,
-                           layers=4, seed=0, runlocal=False, passkey_from="", passkey_steps=500)
+  a = _arg(arg)
   c = experiment.base_config()
   c.model.d_model = a.d_model
   c.model.num_layers = a.layers  # 4: divisible by every preset's period
@@ -66,5 +74,11 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  """All RoPE, all NoPE, SmolLM3's hybrid and Cohere's RNoPE-SWA (sliding 128 of 512)."""
-  return [{"positions": p} for p in ("rope", "nope", "smollm3", "rnope_swa:128")]
+  """All RoPE, all NoPE, SmolLM3's hybrid and Cohere's RNoPE-SWA (sliding 128 of 512);
+  `patterns` (`+`-separated) narrows it, e.g. `:patterns=rope+nope`."""
+  a = _arg(arg)
+  patterns = tuple(a.patterns.replace("+", ",").split(",")) if a.patterns else PATTERNS
+  unknown = [p for p in patterns if p not in PATTERNS]
+  if unknown:
+    raise ValueError(f"config arg patterns: unknown {', '.join(unknown)}; known: {', '.join(PATTERNS)}")
+  return [{"positions": p} for p in patterns]

@@ -129,3 +129,7 @@ def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
       "passkey", (256, 512), "passkey")
   assert max(cfg.data.passkey_lengths) == 4096 and cfg.data.seq_len == 512
   assert sweep.expand(module, "")[0][2].train.init_from == ""  # the LM stage starts fresh
+  half = sweep.expand(module, "passkey_from=runs/text,patterns=smollm3+rnope_swa:128")
+  assert [cfg.model.positions for _, _, cfg, _ in half] == ["smollm3", "rnope_swa:128"]
+  with pytest.raises(ValueError, match="config arg patterns: unknown alibi"):
+    sweep.expand(module, "patterns=alibi")
