@@ -84,10 +84,6 @@ def get_config(arg=None):
   return c
 
 
-def _names(text):
-  return tuple(text.replace("+", ",").split(","))
-
-
 def get_sweep(arg=None):
   """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`,
   `schemes` (`+`-separated), `seeds` and `first_seed` narrow it, e.g. `:tasks=copy,seeds=3`
@@ -96,10 +92,8 @@ def get_sweep(arg=None):
   Seed-major: a sweep stopped part-way has every task and scheme of its first seeds.
   """
   a = _arg(arg)
-  schemes = _names(a.schemes) if a.schemes else (HYBRIDS if a.hybrids else PAPER)
-  unknown = [s for s in schemes if s not in SCHEMES]
-  if unknown:
-    raise ValueError(f"config arg schemes: unknown {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
-  tasks = (a.task,) if a.runlocal else _names(a.tasks)
+  schemes = (experiment.arg_names(a.schemes, "schemes", SCHEMES) if a.schemes
+             else HYBRIDS if a.hybrids else PAPER)
+  tasks = (a.task,) if a.runlocal else experiment.arg_names(a.tasks, "tasks")
   seeds = (0,) if a.runlocal else tuple(range(a.first_seed, a.first_seed + a.seeds))
   return [{"scheme": s, "task": t, "seed": seed} for seed in seeds for t in tasks for s in schemes]

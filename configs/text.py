@@ -77,8 +77,5 @@ def get_sweep(arg=None):
   """All RoPE, all NoPE, SmolLM3's hybrid and Cohere's RNoPE-SWA (sliding 128 of 512);
   `patterns` (`+`-separated) narrows it, e.g. `:patterns=rope+nope`."""
   a = _arg(arg)
-  patterns = tuple(a.patterns.replace("+", ",").split(",")) if a.patterns else PATTERNS
-  unknown = [p for p in patterns if p not in PATTERNS]
-  if unknown:
-    raise ValueError(f"config arg patterns: unknown {', '.join(unknown)}; known: {', '.join(PATTERNS)}")
+  patterns = experiment.arg_names(a.patterns, "patterns", PATTERNS) if a.patterns else PATTERNS
   return [{"positions": p} for p in patterns]

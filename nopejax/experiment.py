@@ -110,6 +110,15 @@ def parse_arg(arg, **defaults):
   return result
 
 
+def arg_names(value, key, known=None):
+  """A config arg's list of names (`+`- or comma-separated) as a tuple, each one of `known`."""
+  names = tuple(value.replace("+", ",").split(","))
+  unknown = [n for n in names if known is not None and n not in known]
+  if unknown:
+    raise ValueError(f"config arg {key}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+  return names
+
+
 def _positive(value, key, kind=int):
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or (
       kind is int and not float(value).is_integer()) or not math.isfinite(value):
