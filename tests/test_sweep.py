@@ -44,6 +44,8 @@ def test_arg_level_sweeps_rebuild_the_config():
   later = sweep.expand(module, "schemes=nope,tasks=copy,seeds=2,first_seed=1")
   assert [n for n, *_ in later] == ["scheme=nope,task=copy,seed=1", "scheme=nope,task=copy,seed=2"]
   assert [c.train.seed for _, _, c, _ in later] == [1, 2]
+  assert {c.opt.lr for _, _, c, _ in later} == {1e-3}
+  assert {c.opt.lr for _, _, c, _ in sweep.expand(module, "tasks=reverse,lr=3e-3")} == {3e-3}
   with pytest.raises(ValueError, match="config arg schemes: unknown fope"):
     sweep.expand(module, "schemes=fope")
   hybrids = sweep.expand(module, "hybrids")
