@@ -48,6 +48,8 @@ def test_arg_level_sweeps_rebuild_the_config():
   assert {c.opt.lr for _, _, c, _ in sweep.expand(module, "tasks=reverse,lr=3e-3")} == {3e-3}
   with pytest.raises(ValueError, match="config arg schemes: unknown fope"):
     sweep.expand(module, "schemes=fope")
+  with pytest.raises(ValueError, match="config arg tasks: unknown revrse; known: .*reverse"):
+    sweep.expand(module, "tasks=copy+revrse")
   hybrids = sweep.expand(module, "hybrids")
   assert {c.model.positions for _, _, c, _ in hybrids} == {
       "smollm3", "alternate", "rnope_swa:16", "llama4:16"}
