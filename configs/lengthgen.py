@@ -94,6 +94,8 @@ def get_sweep(arg=None):
   a = _arg(arg)
   schemes = (experiment.arg_names(a.schemes, "schemes", SCHEMES) if a.schemes
              else HYBRIDS if a.hybrids else PAPER)
-  tasks = (a.task,) if a.runlocal else experiment.arg_names(a.tasks, "tasks", data.known_tasks())
-  seeds = (0,) if a.runlocal else tuple(range(a.first_seed, a.first_seed + a.seeds))
+  tasks = experiment.arg_names(a.tasks, "tasks", data.known_tasks())
+  seeds = tuple(range(a.first_seed, a.first_seed + a.seeds))
+  if a.runlocal:  # the smoke sweep: seed 0 of the first task
+    tasks, seeds = tasks[:1], (0,)
   return [{"scheme": s, "task": t, "seed": seed} for seed in seeds for t in tasks for s in schemes]
