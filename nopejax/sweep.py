@@ -124,8 +124,13 @@ def main(argv):
       print(f"python -m nopejax.train --config={config} "
             f"--workdir={os.path.join(FLAGS.workdir, name)}{flags_text}")
     return
+  training.watch_sigterm()
   for i, (name, _, cfg, _) in enumerate(runs):
     workdir = os.path.join(FLAGS.workdir, name)
+    if training.stop_requested():  # SIGTERM while the previous run was evaluated
+      print(f"[{i + 1}/{len(runs)}] {name}: stopped by SIGTERM before this run; "
+            "run the sweep again to resume")
+      return
     if finished(cfg, workdir):
       print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
       if FLAGS.evaluate:  # a no-op when its evaluation is cached

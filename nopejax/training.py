@@ -122,6 +122,23 @@ def state_shardings(spec, tx, mesh, mesh_cfg, seed):
 
 # ----------------------------------------------------------------------------- preemption
 
+_SIGTERM = threading.Event()  # process-wide and never cleared: the process was told to stop
+
+
+def watch_sigterm():
+  """From now on SIGTERM sets a flag instead of killing a single-process program.
+
+  Training checks it at every step boundary; a sweep checks it between runs, so a TERM that
+  arrives while the sweep evaluates a finished run still stops the sweep.
+  """
+  if jax.process_count() == 1:
+    signal.signal(signal.SIGTERM, lambda *_: _SIGTERM.set())
+
+
+def stop_requested():
+  return _SIGTERM.is_set()
+
+
 class Preemption:
   """SIGTERM means: save at the next step boundary and stop.
 
@@ -131,14 +148,12 @@ class Preemption:
   """
 
   def __init__(self):
-    self._flag = threading.Event()
-    if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, lambda *_: self._flag.set())
+    watch_sigterm()
 
   def reached(self, step):
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._flag.is_set()
+    return stop_requested()
 
 
 # ----------------------------------------------------------------------------- loop

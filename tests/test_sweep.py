@@ -125,6 +125,30 @@ def test_sigterm_stops_the_sweep_and_a_rerun_resumes(tmp_path):
   assert [s for s in os.listdir(workdir / "positions=nope" / "checkpoints") if s.isdigit()]
 
 
+def test_sigterm_while_a_finished_run_is_evaluated_stops_the_sweep(tmp_path):
+  """The TERM arrives after training returned: the evaluation completes, no next run starts."""
+  workdir = tmp_path / "sweep"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
+  script = (
+      "import os, signal, sys\n"
+      "from absl import app\n"
+      "from nopejax import evaluation, sweep\n"
+      "evaluate = evaluation.evaluate_runs\n"
+      "def evaluate_after_term(*args, **kwargs):\n"
+      "  os.kill(os.getpid(), signal.SIGTERM)\n"
+      "  return evaluate(*args, **kwargs)\n"
+      "evaluation.evaluate_runs = evaluate_after_term\n"
+      "sweep.define_flags()\n"
+      "sys.argv = ['sweep', '--config=configs/tiny.py:steps=4', '--workdir=' + sys.argv[1]]\n"
+      "app.run(sweep.main)\n")
+  proc = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "positions=rope: stopped by SIGTERM before this run" in proc.stdout
+  assert not (workdir / "positions=rope").exists()
+  assert (workdir / "positions=nope" / "eval").is_dir()  # the run's evaluation finished
+
+
 def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
   module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/text.py"))
   runs = sweep.expand(module, "passkey_from=runs/text")
