@@ -92,6 +92,11 @@ def get_sweep(arg=None):
   Seed-major: a sweep stopped part-way has every task and scheme of its first seeds.
   """
   a = _arg(arg)
+  given = {item.partition("=")[0] for item in (arg or "").split(",")}
+  for key, plural in (("task", "tasks=A+B"), ("scheme", "schemes=A+B"),
+                      ("seed", "seeds=N,first_seed=S")):
+    if key in given:  # else a sweep given `task=sort` would silently sweep every task
+      raise ValueError(f"config arg {key}: names one run's {key}; a sweep takes {plural}")
   schemes = (experiment.arg_names(a.schemes, "schemes", SCHEMES) if a.schemes
              else HYBRIDS if a.hybrids else PAPER)
   tasks = experiment.arg_names(a.tasks, "tasks", data.known_tasks())

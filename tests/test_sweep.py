@@ -50,6 +50,9 @@ def test_arg_level_sweeps_rebuild_the_config():
     sweep.expand(module, "schemes=fope")
   with pytest.raises(ValueError, match="config arg tasks: unknown revrse; known: .*reverse"):
     sweep.expand(module, "tasks=copy+revrse")
+  with pytest.raises(ValueError, match="config arg task: names one run's task; a sweep takes "
+                     "tasks=A[+]B"):
+    sweep.expand(module, "task=sort,runlocal")
   smoke = sweep.expand(module, "tasks=reverse+copy,seeds=3,runlocal")  # seed 0, first task
   assert [n for n, *_ in smoke] == [f"scheme={s},task=reverse,seed=0"
                                     for s in ("nope", "t5", "alibi", "rope", "abs")]
