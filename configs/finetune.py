@@ -13,11 +13,14 @@ from nopejax import experiment, hf
 
 
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, init_from="", steps=1000, seq_len=1024, batch_size=8,
-                           corpus="stdlib")
+  a = experiment.parse_arg(
+    arg, init_from="", steps=1000, seq_len=1024, batch_size=8, corpus="stdlib"
+  )
   if not a.init_from:
-    raise ValueError("config arg init_from: give the workdir written by `python -m nopejax.hf "
-                     "import`, e.g. configs/finetune.py:init_from=runs/smollm3-init")
+    raise ValueError(
+      "config arg init_from: give the workdir written by `python -m nopejax.hf "
+      "import`, e.g. configs/finetune.py:init_from=runs/smollm3-init"
+    )
   c = experiment.base_config()
   c.model = hf.workdir_model_config(a.init_from)  # shapes and layer pattern of the checkpoint
   c.train.init_from = a.init_from  # its params/ replace the random init

@@ -14,33 +14,47 @@ the paper's (copy/reverse up to 20, the others up to 8); test splits go to 40 an
 """
 
 from nopejax import data, experiment
+from nopejax.data import tasks as task_lib
 
 TASKS = ("copy", "reverse", "addition", "parity", "sort", "summation")
 # scheme -> model overrides. Windows and temperature scales are shrunk to task lengths
 # (documents of 20-90 tokens), so the hybrids' local layers really are local.
 SCHEMES = {
-    "nope": {"positions": "nope"},
-    "t5": {"positions": "t5"},
-    "alibi": {"positions": "alibi"},
-    "rope": {"positions": "rope", "rope_fraction": 0.25},  # the paper's rotary: 25% of dims
-    "abs": {"positions": "nope", "input_positions": "sinusoidal"},
-    "smollm3": {"positions": "smollm3"},  # rope,rope,rope,nope
-    "alternate": {"positions": "alternate"},  # nope,rope
-    "rnope_swa": {"positions": "rnope_swa:16"},  # sliding-16 RoPE x3, full NoPE
-    "llama4": {"positions": "llama4:16", "temperature_floor_scale": 16.0},  # chunked RoPE + NoPE
+  "nope": {"positions": "nope"},
+  "t5": {"positions": "t5"},
+  "alibi": {"positions": "alibi"},
+  "rope": {"positions": "rope", "rope_fraction": 0.25},  # the paper's rotary: 25% of dims
+  "abs": {"positions": "nope", "input_positions": "sinusoidal"},
+  "smollm3": {"positions": "smollm3"},  # rope,rope,rope,nope
+  "alternate": {"positions": "alternate"},  # nope,rope
+  "rnope_swa": {"positions": "rnope_swa:16"},  # sliding-16 RoPE x3, full NoPE
+  "llama4": {"positions": "llama4:16", "temperature_floor_scale": 16.0},  # chunked RoPE + NoPE
 }
 PAPER = ("nope", "t5", "alibi", "rope", "abs")
 # The longest training document of each task in words, minus one (the row holds inputs):
 # one document per row with no padding beyond the task's own longest example.
-SEQ_LEN = {"copy": 44, "reverse": 44, "addition": 33, "parity": 33, "sort": 45,
-           "summation": 23}
+SEQ_LEN = {"copy": 44, "reverse": 44, "addition": 33, "parity": 33, "sort": 45, "summation": 23}
 HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
 
 
 def _arg(arg):
-  return experiment.parse_arg(arg, task="copy", scheme="nope", seed=0, steps=3000, d_model=64,
-                              layers=4, hybrids=False, runlocal=False, tasks="+".join(TASKS),
-                              seeds=3, first_seed=0, seq_len=0, schemes="", lr=1e-3)
+  return experiment.parse_arg(
+    arg,
+    task="copy",
+    scheme="nope",
+    seed=0,
+    steps=3000,
+    d_model=64,
+    layers=4,
+    hybrids=False,
+    runlocal=False,
+    tasks="+".join(TASKS),
+    seeds=3,
+    first_seed=0,
+    seq_len=0,
+    schemes="",
+    lr=1e-3,
+  )
 
 
 def get_config(arg=None):
@@ -93,13 +107,21 @@ def get_sweep(arg=None):
   """
   a = _arg(arg)
   given = {item.partition("=")[0] for item in (arg or "").split(",")}
-  for key, plural in (("task", "tasks=A+B"), ("scheme", "schemes=A+B"),
-                      ("seed", "seeds=N,first_seed=S")):
+  for key, plural in (
+    ("task", "tasks=A+B"),
+    ("scheme", "schemes=A+B"),
+    ("seed", "seeds=N,first_seed=S"),
+  ):
     if key in given:  # else a sweep given `task=sort` would silently sweep every task
       raise ValueError(f"config arg {key}: names one run's {key}; a sweep takes {plural}")
-  schemes = (experiment.arg_names(a.schemes, "schemes", SCHEMES) if a.schemes
-             else HYBRIDS if a.hybrids else PAPER)
-  tasks = experiment.arg_names(a.tasks, "tasks", data.known_tasks())
+  schemes = (
+    experiment.arg_names(a.schemes, "schemes", SCHEMES)
+    if a.schemes
+    else HYBRIDS
+    if a.hybrids
+    else PAPER
+  )
+  tasks = experiment.arg_names(a.tasks, "tasks", sorted(task_lib.TASKS))
   seeds = tuple(range(a.first_seed, a.first_seed + a.seeds))
   if a.runlocal:  # the smoke sweep: seed 0 of the first task
     tasks, seeds = tasks[:1], (0,)

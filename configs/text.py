@@ -13,14 +13,23 @@ import os
 
 from nopejax import data, experiment
 
-
 PATTERNS = ("rope", "nope", "smollm3", "rnope_swa:128")
 
 
 def _arg(arg):
-  return experiment.parse_arg(arg, positions="nope", seq_len=512, steps=1000, d_model=64,
-                              layers=4, seed=0, runlocal=False, passkey_from="",
-                              passkey_steps=500, patterns="")
+  return experiment.parse_arg(
+    arg,
+    positions="nope",
+    seq_len=512,
+    steps=1000,
+    d_model=64,
+    layers=4,
+    seed=0,
+    runlocal=False,
+    passkey_from="",
+    passkey_steps=500,
+    patterns="",
+  )
 
 
 def get_config(arg=None):
@@ -48,7 +57,9 @@ def get_config(arg=None):
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
   c.eval.kinds = "lm,passkey"
-  c.eval.max_examples = 32  # LM windows per length (256 scored tokens each); passkey prompts per cell
+  c.eval.max_examples = (
+    32  # LM windows per length (256 scored tokens each); passkey prompts per cell
+  )
   c.data.passkey_lengths = (256, 512, 1024, 2048, 4096)  # 0.5x to 8x the training context
   c.data.passkey_depths = (0.0, 0.5, 1.0)
   if a.passkey_from:  # stage two: retrieval within the training context, tested beyond it

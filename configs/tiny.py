@@ -1,7 +1,7 @@
 """Seconds on a CPU: the config the tests train end to end.
 
-  python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/tiny
-  python -m nopejax.train --config=configs/tiny.py:positions=smollm3 --workdir=/tmp/tiny
+python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/tiny
+python -m nopejax.train --config=configs/tiny.py:positions=smollm3 --workdir=/tmp/tiny
 """
 
 from nopejax import data, experiment

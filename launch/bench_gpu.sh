@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MFU of a ~1B SmolLM3-shaped model (configs/bench_gpu_1b.py), bf16, 4096 tokens, on one GPU.
-# The MFU is against the GPU's dense bf16 peak (nopejax/bench.py's table: A100, H100, H200).
+# The MFU is against the GPU's dense bf16 peak (nopejax/tools/bench.py's table: A100, H100, H200).
 #
 #   bash launch/bench_gpu.sh [--dry-run] [extra nopejax.bench flags, e.g. --steps=50
 #                             --config.data.batch_size=8 --config.model.remat=dots]

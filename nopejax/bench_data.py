@@ -11,48 +11,25 @@ A benchmark, not a test: nothing is asserted.
 """
 
 import json
-import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from nopejax import data
+from nopejax import experiment
+from nopejax.tools import bench_data
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config; uses its `data` group.')
-_BATCHES = flags.DEFINE_integer('batches', 100, 'Batches timed after the first.')
-
-
-def measure(data_cfg, num_batches: int) -> dict:
-  """Times `num_batches` batches of a fresh single-process train iterator."""
-  start = time.perf_counter()
-  it = data.train_iter(data_cfg, process_index=0, process_count=1)
-  next(it)
-  first_s = time.perf_counter() - start
-  rows = tokens = examples = 0
-  start = time.perf_counter()
-  for _ in range(num_batches):
-    batch = next(it)
-    segment_ids = batch['segment_ids']
-    rows += len(segment_ids)
-    tokens += int((segment_ids > 0).sum())
-    examples += int(segment_ids.max(axis=1).sum())  # segments are numbered 1..n per row
-  seconds = time.perf_counter() - start
-  return {
-      'kind': data_cfg.kind, 'seq_len': data_cfg.seq_len, 'batch_size': data_cfg.batch_size,
-      'pack': data_cfg.pack, 'num_workers': data_cfg.num_workers, 'batches': num_batches,
-      'first_batch_s': round(first_s, 3), 'examples_per_s': round(examples / seconds, 1),
-      'rows_per_s': round(rows / seconds, 1), 'tokens_per_s': round(tokens / seconds, 1),
-      'fill': round(tokens / (rows * data_cfg.seq_len), 3),  # real tokens / row slots
-  }
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config; uses its `data` group."
+)
+_BATCHES = flags.DEFINE_integer("batches", 100, "Batches timed after the first.")
 
 
 def main(argv):
   del argv
-  cfg = _CONFIG.value
-  data_cfg = cfg.data if cfg is not None else data.default_config()
-  print(json.dumps(measure(data_cfg, _BATCHES.value)), flush=True)
+  cfg = _CONFIG.value if _CONFIG.value is not None else experiment.base_config()
+  exp = experiment.resolve(cfg)
+  print(json.dumps(bench_data.measure(exp.data, _BATCHES.value)), flush=True)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

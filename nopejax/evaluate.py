@@ -14,11 +14,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nopejax import evaluation
+from nopejax.eval import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file; default: DIR/config.json.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run to evaluate; with --compare, where the "
-                               "comparison is written.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run to evaluate; with --compare, where the comparison is written."
+)
 _COMPARE = flags.DEFINE_list("compare", [], "Several run directories to put in one table and plot.")
 
 
@@ -31,18 +32,15 @@ def main(argv):
     sys.exit("error: give --workdir=DIR or --compare=DIR1,DIR2")
   cfg = _CONFIG.value
   try:
-    if cfg is not None:
-      evaluation.kinds(cfg)  # an unknown eval name fails before any checkpoint is read
     if _COMPARE.value:
-      runs, cfg = evaluation.evaluate_runs(
-          workdirs, eval_overrides=None if cfg is None else cfg.eval)
+      runs, exp = runner.evaluate_runs(workdirs, eval_overrides=None if cfg is None else cfg.eval)
     else:
-      runs, cfg = evaluation.evaluate_runs(workdirs, cfg)
+      runs, exp = runner.evaluate_runs(workdirs, cfg)
   except ValueError as e:
     sys.exit(f"error: {e}")
   out = os.path.join(_WORKDIR.value or workdirs[0], "eval")
-  print(evaluation.write_outputs(runs, cfg, out))
-  print(f"wrote {out}/: {', '.join(evaluation.outputs(out))}")
+  print(runner.write_outputs(runs, exp, out))
+  print(f"wrote {out}/: {', '.join(runner.outputs(out))}")
 
 
 if __name__ == "__main__":

@@ -8,102 +8,20 @@ one table and plot in DIR/eval and writes a summary of final metrics to DIR/summ
 `print` prints one train command per run.
 """
 
-import copy
-import importlib.util
-import json
-import os
-import shlex
 import sys
 
 from absl import app, flags, logging
 
-from nopejax import evaluation, training
+from nopejax.tools import sweep
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  """Only when run as a program, so importing this module defines no flags."""
-  flags.DEFINE_string("config", None, "Config file with get_config and get_sweep: path[:arg].")
-  flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
-  flags.DEFINE_enum("launcher", "local", ["local", "print"], "Run here, or print commands.")
-  flags.DEFINE_bool("evaluate", True, "After local runs, evaluate and compare them.")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-
-def load_config_module(spec):
-  """`path[:arg]` -> (module, arg)."""
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise ValueError(f"--config: no such file {path!r}")
-  module_spec = importlib.util.spec_from_file_location("nopejax_sweep_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module, arg or None
-
-
-def run_name(overrides):
-  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()).replace("/", "_")
-
-
-def _merge_arg(arg, overrides):
-  """The config arg with the sweep's arg-level (undotted) keys set."""
-  items = [i for i in (arg or "").split(",") if i and i.partition("=")[0] not in overrides]
-  items += [f"{k}={v}" for k, v in overrides.items()]
-  return ",".join(items)
-
-
-def expand(module, arg):
-  """[(name, overrides, config, arg)] for every point of the sweep.
-
-  A sweep entry's undotted keys are config-file arguments (`scheme=t5`, parsed by get_config);
-  dotted keys (`model.positions`) set config fields directly.
-  """
-  if not hasattr(module, "get_sweep"):
-    raise ValueError("--config: the config file defines no get_sweep(arg)")
-  runs = []
-  for overrides in module.get_sweep(arg):
-    arg_level = {k: v for k, v in overrides.items() if "." not in k}
-    run_arg = _merge_arg(arg, arg_level) if arg_level else arg
-    cfg = module.get_config(run_arg)
-    for key, value in overrides.items():
-      if "." not in key:
-        continue
-      group, _, field = key.rpartition(".")
-      node = cfg
-      for part in group.split("."):
-        node = node[part]
-      if field not in node:
-        raise ValueError(f"sweep: unknown config key {key!r}")
-      node[field] = value
-    runs.append((run_name(overrides), overrides, cfg, run_arg))
-  return runs
-
-
-def finished(cfg, workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
-  return bool(steps) and max(steps) >= cfg.train.steps and os.path.isdir(
-      os.path.join(workdir, "checkpoints"))
-
-
-def summary(runs, workdir):
-  """Markdown table of each run's last logged metrics."""
-  keys = ("loss", "accuracy", "val_loss", "val_accuracy", "tokens_per_s")
-  lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-  for name, *_ in runs:
-    last = {}
-    path = os.path.join(workdir, name, "metrics.jsonl")
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          last.update(json.loads(line))
-    cells = [f"{last[k]:.4g}" if k in last else "" for k in keys]
-    lines.append(f"| {name} | {last.get('step', '')} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+_CONFIG = flags.DEFINE_string(
+  "config", None, "Config file with get_config and get_sweep: path[:arg]."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
+_LAUNCHER = flags.DEFINE_enum(
+  "launcher", "local", ["local", "print"], "Run here, or print commands."
+)
+_EVALUATE = flags.DEFINE_bool("evaluate", True, "After local runs, evaluate and compare them.")
 
 
 def main(argv):
@@ -111,55 +29,18 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    module, arg = load_config_module(FLAGS.config)
-    runs = expand(module, arg)
+    module, arg = sweep.load_config_module(_CONFIG.value)
+    runs = sweep.expand(module, arg)
+    if _LAUNCHER.value == "print":
+      print("\n".join(sweep.commands(_CONFIG.value, _WORKDIR.value, runs)))
+      return
+    sweep.run_local(runs, _WORKDIR.value, evaluate=_EVALUATE.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  if FLAGS.launcher == "print":
-    path = FLAGS.config.partition(":")[0]
-    for name, overrides, _, run_arg in runs:
-      config = f"{path}:{run_arg}" if run_arg else path
-      flags_text = "".join(f" --config.{k}={shlex.quote(str(v))}"
-                           for k, v in overrides.items() if "." in k)
-      print(f"python -m nopejax.train --config={config} "
-            f"--workdir={os.path.join(FLAGS.workdir, name)}{flags_text}")
-    return
-  training.watch_sigterm()
-  for i, (name, _, cfg, _) in enumerate(runs):
-    workdir = os.path.join(FLAGS.workdir, name)
-    if training.stop_requested():  # SIGTERM while the previous run was evaluated
-      print(f"[{i + 1}/{len(runs)}] {name}: stopped by SIGTERM before this run; "
-            "run the sweep again to resume")
-      return
-    if finished(cfg, workdir):
-      print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
-      if FLAGS.evaluate:  # a no-op when its evaluation is cached
-        evaluation.evaluate_runs([workdir], cache=True)
-      continue
-    print(f"[{i + 1}/{len(runs)}] {name}: training in {workdir}")
-    try:
-      training.run(cfg, workdir)
-    except (ValueError, RuntimeError) as e:
-      sys.exit(f"error in run {name}: {e}")
-    if not finished(cfg, workdir):
-      # The run saved and returned early: SIGTERM (preemption) stops the whole sweep, which
-      # resumes this run and skips the finished ones when started again.
-      print(f"[{i + 1}/{len(runs)}] {name}: preempted; run the sweep again to resume")
-      return
-    if FLAGS.evaluate:  # now, so a sweep stopped part-way has its finished runs evaluated
-      evaluation.evaluate_runs([workdir], cache=True)
-  text = summary(runs, FLAGS.workdir)
-  with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
-    f.write(text + "\n")
-  print(text)
-  if FLAGS.evaluate:
-    results, cfg = evaluation.evaluate_runs(
-        [os.path.join(FLAGS.workdir, name) for name, *_ in runs], cache=True)
-    out = os.path.join(FLAGS.workdir, "eval")
-    print(evaluation.write_outputs(results, cfg, out))
-    print(f"wrote {out}/results.json, tables.md, accuracy.png")
+  except sweep.RunError as e:
+    sys.exit(str(e))
 
 
 if __name__ == "__main__":
-  define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

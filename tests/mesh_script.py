@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py in a subprocess with 8 (or 1) host devices.
+"""Run by tests/test_mesh.py in a subprocess with 8 (or 1) host devices.
 
   python tests/mesh_script.py WORKDIR DATA_DIR STEPS DATA,FSDP,TENSOR [DATA,FSDP,TENSOR ...]
 
@@ -16,7 +16,8 @@ import jax  # noqa: E402
 from absl import logging  # noqa: E402
 
 from configs import tiny  # noqa: E402
-from nopejax import training  # noqa: E402
+from nopejax import experiment  # noqa: E402
+from nopejax.train import loop  # noqa: E402
 
 
 def main(workdir, data_dir, steps, *meshes):
@@ -32,15 +33,16 @@ def main(workdir, data_dir, steps, *meshes):
     cfg.train.checkpoint_every = 5
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = map(int, mesh.split(","))
     run_dir = os.path.join(workdir, mesh.replace(",", "_"))
-    params = training.run(cfg, run_dir)
+    params = loop.run(experiment.resolve(cfg), run_dir)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
       rows = [json.loads(line) for line in f]
     attn = params["layers"]["block_0"]["attn"]
     out[mesh] = {
-        "losses": {r["step"]: r["loss"] for r in rows if "loss" in r},
-        "devices": jax.device_count(),
-        "q": str(attn["q"].sharding.spec), "gate": str(params["layers"]["block_0"]["mlp"]["gate"].sharding.spec),
-        "q_shard_shape": list(attn["q"].addressable_shards[0].data.shape),
+      "losses": {r["step"]: r["loss"] for r in rows if "loss" in r},
+      "devices": jax.device_count(),
+      "q": str(attn["q"].sharding.spec),
+      "gate": str(params["layers"]["block_0"]["mlp"]["gate"].sharding.spec),
+      "q_shard_shape": list(attn["q"].addressable_shards[0].data.shape),
     }
   print(json.dumps(out))
 

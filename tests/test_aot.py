@@ -9,25 +9,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def aot(*args):
-  return subprocess.run([sys.executable, "-m", "nopejax.aot", *args], cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                        text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "nopejax.aot", *args],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_tiny_compiles_for_v5e_and_fits():
-  proc = aot("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.model.num_kv_heads=2",
-             "--config.mesh.data=2", "--config.mesh.tensor=2")
+  proc = aot(
+    "--config=configs/tiny.py",
+    "--topology=v5e:2x2",
+    "--config.model.num_kv_heads=2",
+    "--config.mesh.data=2",
+    "--config.mesh.tensor=2",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert report["fits"] and report["hbm_bytes"] == 16 * 2 ** 30
+  assert report["fits"] and report["hbm_bytes"] == 16 * 2**30
   assert report["argument_bytes"] > 0 and "v5e:2x2: 4 devices" in proc.stdout
 
 
 def test_model_too_large_for_the_slice_exits_nonzero():
-  proc = aot("--config=configs/tiny.py", "--topology=v5e:2x2", "--config.model.d_model=8192",
-             "--config.model.d_ff=32768", "--config.model.num_heads=64",
-             "--config.model.num_kv_heads=8", "--config.model.num_layers=8",
-             "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.data.batch_size=4")
+  proc = aot(
+    "--config=configs/tiny.py",
+    "--topology=v5e:2x2",
+    "--config.model.d_model=8192",
+    "--config.model.d_ff=32768",
+    "--config.model.num_heads=64",
+    "--config.model.num_kv_heads=8",
+    "--config.model.num_layers=8",
+    "--config.mesh.data=1",
+    "--config.mesh.fsdp=4",
+    "--config.data.batch_size=4",
+  )
   assert proc.returncode != 0
   assert "error: the train step needs more than the 16.00 GiB of HBM" in proc.stderr
 

@@ -14,21 +14,45 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax.numpy as jnp
 import pytest
 
-from nopejax import attention, bench, config as config_lib, experiment
+from nopejax import experiment
+from nopejax.model import attention
+from nopejax.model import spec as config_lib
+from nopejax.tools import bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import bench_cpu, bench_gpu_1b, tiny  # noqa: E402
 
-KEYS = ("tokens_per_s", "step_s", "compile_s", "flops_per_token", "mfu", "peak_flops",
-        "peak_source", "peak_memory_bytes", "memory_source", "attention", "temp_bytes")
+KEYS = (
+  "tokens_per_s",
+  "step_s",
+  "compile_s",
+  "flops_per_token",
+  "mfu",
+  "peak_flops",
+  "peak_source",
+  "peak_memory_bytes",
+  "memory_source",
+  "attention",
+  "temp_bytes",
+)
 
 
 def run(*args, timeout=600):
-  proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=timeout,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
+
+
+def _model_spec(cfg):
+  return experiment.resolve(cfg).model
 
 
 def last_json(proc):
@@ -36,39 +60,64 @@ def last_json(proc):
 
 
 def test_bench_command_on_tiny_prints_every_key():
-  result = last_json(run("-m", "nopejax.bench", "--config=configs/tiny.py", "--steps=2",
-                         "--config.model.positions=smollm3", "--config.model.num_layers=4"))
+  result = last_json(
+    run(
+      "-m",
+      "nopejax.bench",
+      "--config=configs/tiny.py",
+      "--steps=2",
+      "--config.model.positions=smollm3",
+      "--config.model.num_layers=4",
+    )
+  )
   for key in KEYS:
     assert key in result, key
   assert result["tokens_per_s"] > 0 and result["step_s"] > 0 and result["compile_s"] > 0
   assert 0 < result["mfu"] < 1 and result["peak_source"] == "measured fp32 matmul"
   assert result["peak_memory_bytes"] > 0 and result["steps"] == 2
-  assert result["attention"] == ["0:rope:reference", "1:rope:reference", "2:rope:reference",
-                                 "3:nope:reference"]
+  assert result["attention"] == [
+    "0:rope:reference",
+    "1:rope:reference",
+    "2:rope:reference",
+    "3:nope:reference",
+  ]
   cfg = tiny.get_config()
   cfg.model.update(positions="smollm3", num_layers=4)
-  assert result["flops_per_token"] == bench.flops_per_token(experiment.validate(cfg), 32)
+  assert result["flops_per_token"] == bench.flops_per_token(_model_spec(cfg), 32)
 
 
 def test_compare_torch_reports_both_and_the_ratio():
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  proc = run("-m", "nopejax.bench", "--config=configs/tiny.py", "--steps=2", "--warmup=1",
-             "--compare_torch", "--config.model.positions=rope@sliding:8,nope",
-             "--peak_flops=1e11")
+  proc = run(
+    "-m",
+    "nopejax.bench",
+    "--config=configs/tiny.py",
+    "--steps=2",
+    "--warmup=1",
+    "--compare_torch",
+    "--config.model.positions=rope@sliding:8,nope",
+    "--peak_flops=1e11",
+  )
   result = last_json(proc)
   torch = result["torch"]
   assert torch["tokens_per_s"] > 0 and torch["flops_per_token"] == result["flops_per_token"]
-  assert math.isclose(result["jax_over_torch"],
-                      result["tokens_per_s"] / torch["tokens_per_s"])
+  assert math.isclose(result["jax_over_torch"], result["tokens_per_s"] / torch["tokens_per_s"])
   assert result["peak_source"] == "--peak_flops" and result["peak_flops"] == 1e11
   assert "nopejax/pytorch = " in proc.stdout
 
 
 def test_flops_per_token_matches_a_hand_count():
   cfg = config_lib.model_config()
-  cfg.update(vocab_size=20, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, d_ff=64,
-             positions="rope@sliding:3,nope")
+  cfg.update(
+    vocab_size=20,
+    d_model=32,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    d_ff=64,
+    positions="rope@sliding:3,nope",
+  )
   spec = config_lib.resolve(cfg)  # head_dim 16
   # Per layer: q 32*2*16 + k 32*1*16 + v 32*1*16 + o 2*16*32 = 3072; SwiGLU 3*32*64 = 6144.
   # Two layers: 18432; output head 32*20 = 640; matmul params 19072, x6 = 114432.
@@ -81,13 +130,16 @@ def test_flops_per_token_matches_a_hand_count():
 
 
 def test_attended_keys_of_chunks_restart_at_each_boundary():
-  from nopejax.layers import LayerType
+  from nopejax.model.patterns import LayerType
+
   # chunk 3 at T=8: keys 1,2,3 | 1,2,3 | 1,2
   assert bench.attended_keys(LayerType("rope", "chunked", 3), 8) == 15 / 8
   assert bench.attended_keys(LayerType("nope"), 8) == 4.5
 
 
-@pytest.mark.parametrize("backend,has_bias,length,head_dim,dtype,key_length,expected", [
+@pytest.mark.parametrize(
+  "backend,has_bias,length,head_dim,dtype,key_length,expected",
+  [
     ("cpu", False, 256, 64, jnp.float32, None, "reference"),
     ("cpu", True, 256, 64, jnp.float32, None, "reference"),
     ("cpu", False, 8192, 64, jnp.float32, None, "blockwise"),
@@ -105,24 +157,43 @@ def test_attended_keys_of_chunks_restart_at_each_boundary():
     ("tpu", True, 256, 128, jnp.bfloat16, None, "reference"),
     ("tpu", True, 8192, 128, jnp.bfloat16, None, "blockwise"),
     ("tpu", False, 256, 128, jnp.bfloat16, 1024, "reference"),  # decoding from a KV cache
-])
-def test_auto_picks_the_path_per_backend(backend, has_bias, length, head_dim, dtype,
-                                         key_length, expected):
-  assert attention.choose("auto", has_bias=has_bias, length=length, blockwise_above=4096,
-                          backend=backend, head_dim=head_dim, dtype=dtype,
-                          key_length=key_length) == expected
+  ],
+)
+def test_auto_picks_the_path_per_backend(
+  backend, has_bias, length, head_dim, dtype, key_length, expected
+):
+  assert (
+    attention.choose(
+      "auto",
+      has_bias=has_bias,
+      length=length,
+      blockwise_above=4096,
+      backend=backend,
+      head_dim=head_dim,
+      dtype=dtype,
+      key_length=key_length,
+    )
+    == expected
+  )
 
 
 def test_an_explicit_path_is_kept_everywhere():
   for backend in ("cpu", "gpu", "tpu"):
-    assert attention.choose("xla", has_bias=True, length=10, blockwise_above=4,
-                            backend=backend) == "xla"
+    assert (
+      attention.choose("xla", has_bias=True, length=10, blockwise_above=4, backend=backend) == "xla"
+    )
 
 
 def test_auto_per_layer_of_a_mixed_pattern():
   cfg = config_lib.model_config()
-  cfg.update(d_model=256, num_heads=2, num_kv_heads=1, num_layers=4, dtype="bfloat16",
-             positions="rope@sliding:128,nope,alibi,t5")
+  cfg.update(
+    d_model=256,
+    num_heads=2,
+    num_kv_heads=1,
+    num_layers=4,
+    dtype="bfloat16",
+    positions="rope@sliding:128,nope,alibi,t5",
+  )
   spec = config_lib.resolve(cfg)  # head_dim 128
   paths = lambda backend: [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 512, backend)]
   assert paths("tpu") == ["splash", "splash", "reference", "reference"]
@@ -136,14 +207,15 @@ def test_splash_lowers_for_a_tpu_topology():
   pytest.importorskip("libtpu")
   code = """
 from absl import logging
-from nopejax import aot
+from nopejax import experiment
+from nopejax.tools import aot
 from configs import tiny
 c = tiny.get_config()
 c.model.update(head_dim=128, num_kv_heads=2, num_layers=4, block_size=128,
                positions="rope@sliding:128,nope,rope@chunked:128,alibi")
 c.data.seq_len = 256
 c.mesh.update(data=2, tensor=2)
-compiled = aot.compile_train_step(c, aot.topology_devices("v5e:2x2"))
+compiled = aot.compile_train_step(experiment.resolve(c), aot.topology_devices("v5e:2x2"))
 print(compiled.as_text().count("tpu_custom_call"))
 """
   proc = run("-c", code)
@@ -151,8 +223,13 @@ print(compiled.as_text().count("tpu_custom_call"))
 
 
 def test_bench_gpu_dry_run_prints_the_bench_command():
-  proc = subprocess.run(["bash", "launch/bench_gpu.sh", "--dry-run", "--steps=5"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    ["bash", "launch/bench_gpu.sh", "--dry-run", "--steps=5"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   out = proc.stdout.strip()
   assert "-m nopejax.bench" in out and "configs/bench_gpu_1b.py" in out
@@ -160,10 +237,16 @@ def test_bench_gpu_dry_run_prints_the_bench_command():
 
 
 def test_gpu_and_cpu_bench_configs_resolve():
-  spec = experiment.validate(bench_gpu_1b.get_config())
+  spec = _model_spec(bench_gpu_1b.get_config())
   assert 0.9e9 < bench.matmul_params(spec) - spec.d_model * spec.vocab_size < 1.1e9
   paths = [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 4096, "gpu")]
   assert paths == ["cudnn"] * 16
-  cpu = experiment.validate(bench_cpu.get_config())
-  assert (cpu.num_layers, cpu.d_model, cpu.num_heads, cpu.num_kv_heads, cpu.d_ff,
-          cpu.vocab_size) == (4, 256, 4, 2, 1024, 256)
+  cpu = _model_spec(bench_cpu.get_config())
+  assert (
+    cpu.num_layers,
+    cpu.d_model,
+    cpu.num_heads,
+    cpu.num_kv_heads,
+    cpu.d_ff,
+    cpu.vocab_size,
+  ) == (4, 256, 4, 2, 1024, 256)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +13,11 @@ import jax
 import numpy as np
 import pytest
 
-from nopejax import checkpoint as checkpoint_lib
-from nopejax import data as data_lib
-from nopejax import experiment, optimizer, sharding, training
+from nopejax import experiment
+from nopejax.data import pipeline
+from nopejax.train import build, loop
+from nopejax.train import checkpoint as checkpoint_lib
+from nopejax.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -24,14 +25,28 @@ from configs import tiny  # noqa: E402
 
 
 def train_cmd(workdir, data_dir, *flags):
-  return [sys.executable, "-m", "nopejax.train", "--config=configs/tiny.py",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          "--config.train.log_every=1", "--config.train.eval_every=0", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "nopejax.train",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    *flags,
+  ]
 
 
 def run(cmd):
-  proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    cmd,
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -49,22 +64,30 @@ def losses(workdir):
 
 def start_and_wait(cmd, workdir, step):
   """Starts a run and returns it once metrics.jsonl has reached `step`."""
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 300
   while time.time() < deadline:
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(
-        losses(workdir), default=0) >= step:
+    if (
+      os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+      and max(losses(workdir), default=0) >= step
+    ):
       return proc
     if proc.poll() is not None:
       raise AssertionError(proc.stderr.read()[-3000:])
     time.sleep(0.05)
   proc.kill()
-  raise AssertionError("run did not reach step %d" % step)
+  raise AssertionError(f"run did not reach step {step}")
 
 
 def final_params(workdir):
-  return training.latest_params(training.load_config(workdir), workdir)
+  return workdir_lib.latest_params(experiment.resolve(workdir_lib.load_config(workdir)), workdir)
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path):
@@ -83,8 +106,12 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path):
 
 def test_sigterm_saves_and_exits_zero(tmp_path):
   workdir = str(tmp_path / "run")
-  cmd = train_cmd(workdir, tmp_path / "data", "--config.train.steps=100000",
-                  "--config.train.checkpoint_every=100000")
+  cmd = train_cmd(
+    workdir,
+    tmp_path / "data",
+    "--config.train.steps=100000",
+    "--config.train.checkpoint_every=100000",
+  )
   proc = start_and_wait(cmd, workdir, 3)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
@@ -101,15 +128,13 @@ def tiny_config(tmp_path, **train):
 
 
 def abstract_state(cfg):
-  spec = experiment.validate(cfg)
-  tx, _ = optimizer.make(cfg.opt, cfg.train.steps)
-  mesh = sharding.make_mesh(cfg.mesh)
-  return training.state_shardings(spec, tx, mesh, cfg.mesh, cfg.train.seed)[0]
+  return build.build(experiment.resolve(cfg)).abstract
 
 
 def largest_file(step_dir):
-  files = [os.path.join(r, n) for r, _, ns in os.walk(step_dir) for n in ns
-           if n != checkpoint_lib.MANIFEST]
+  files = [
+    os.path.join(r, n) for r, _, ns in os.walk(step_dir) for n in ns if n != checkpoint_lib.MANIFEST
+  ]
   return max(files, key=os.path.getsize)
 
 
@@ -117,7 +142,7 @@ def largest_file(step_dir):
 def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
   cfg = tiny_config(tmp_path, steps=20, checkpoint_every=10)
   workdir = str(tmp_path / "run")
-  training.run(cfg, workdir)
+  loop.run(experiment.resolve(cfg), workdir)
   victim = largest_file(os.path.join(workdir, "checkpoints", "20"))
   if damage == "truncate":
     with open(victim, "r+b") as f:
@@ -130,27 +155,38 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
   assert step == 10 and int(state["step"]) == 10 and data_state
   assert "checkpoint step 20 is damaged" in caplog.text
   assert os.path.isdir(os.path.join(workdir, "checkpoints_damaged", "20"))  # kept, not deleted
-  training.run(cfg, workdir)  # resumes from 10 and saves 20 again
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
-                if s.isdigit()) == [10, 20]
+  loop.run(experiment.resolve(cfg), workdir)  # resumes from 10 and saves 20 again
+  assert sorted(
+    int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
+  ) == [10, 20]
 
 
 def test_incompatible_config_is_named_and_nothing_changes(tmp_path):
   cfg = tiny_config(tmp_path, steps=5, checkpoint_every=5)
   workdir = str(tmp_path / "run")
-  training.run(cfg, workdir)
-  before = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
-            for r, _, ns in os.walk(workdir) for n in ns if n != "config.json"}
+  loop.run(experiment.resolve(cfg), workdir)
+  before = {
+    os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+    for r, _, ns in os.walk(workdir)
+    for n in ns
+    if n != "config.json"
+  }
   cfg.model.d_ff = 96
-  with pytest.raises(ValueError, match=r"\['mlp'\]\['down'\] has shape .*\(2, 64, 32\).*\(2, 96, 32\)"):
-    training.run(cfg, workdir)
-  after = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
-           for r, _, ns in os.walk(workdir) for n in ns if n != "config.json"}
+  with pytest.raises(
+    ValueError, match=r"\['mlp'\]\['down'\] has shape .*\(2, 64, 32\).*\(2, 96, 32\)"
+  ):
+    loop.run(experiment.resolve(cfg), workdir)
+  after = {
+    os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+    for r, _, ns in os.walk(workdir)
+    for n in ns
+    if n != "config.json"
+  }
   assert before == after
 
 
 def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-  real_iter = data_lib.train_iter
+  real_iter = pipeline.train_iter
 
   class Poisoned:
     """Real batches, but from the 6th on every token id is out of range (NaN embeddings)."""
@@ -162,7 +198,7 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
       batch = dict(next(self.inner))
       self.count += 1
       if self.count > 5:
-        batch["inputs"] = np.full_like(batch["inputs"], 10 ** 6)
+        batch["inputs"] = np.full_like(batch["inputs"], 10**6)
       return batch
 
     def get_state(self):
@@ -171,14 +207,37 @@ def test_nan_batches_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     def set_state(self, state):
       self.inner.set_state(state)
 
-  monkeypatch.setattr(data_lib, "train_iter", Poisoned)
+  monkeypatch.setattr(pipeline, "train_iter", Poisoned)
   cfg = tiny_config(tmp_path, steps=40, checkpoint_every=5, log_every=1, max_bad_steps=3)
   workdir = str(tmp_path / "run")
   with pytest.raises(RuntimeError, match=r"train\.max_bad_steps=3"):
-    training.run(cfg, workdir)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    loop.run(experiment.resolve(cfg), workdir)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["skipped_steps"] for r in rows] == [0] * 5 + [1] * 3
   params = final_params(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
-  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
-                if s.isdigit()) == [5]
+  assert sorted(
+    int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
+  ) == [5]
+
+
+def test_checkpoint_of_nopejax_0_1_resumes_exactly(tmp_path):
+  """0.1 kept an unused `rng` in the train state: its checkpoints restore, and the run resumed
+  from one logs the losses of a run that never stopped."""
+  cfg = tiny_config(tmp_path, steps=10, checkpoint_every=5, log_every=1)
+  workdir = str(tmp_path / "run")
+  loop.run(experiment.resolve(cfg), workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=3)
+  ckpt.manager.delete(10)
+  step, state, data_state = ckpt.restore_latest(abstract_state(cfg))
+  ckpt.close()
+  assert step == 5
+  legacy = str(tmp_path / "legacy")
+  old = dict(state, rng=jax.random.key_data(jax.random.key(1)))  # 0.1's state layout
+  ckpt = checkpoint_lib.Checkpointer(legacy, keep=3, async_save=False)
+  ckpt.save(5, old, data_state, experiment.resolve(cfg).config_json)
+  ckpt.close()
+  loop.run(experiment.resolve(cfg), legacy)
+  resumed = losses(legacy)
+  assert sorted(resumed) == [6, 7, 8, 9, 10]
+  assert resumed == {k: v for k, v in losses(workdir).items() if k > 5}

@@ -1,158 +1,183 @@
 """The data layer: builders, tokenizers, the grain pipeline and config validation."""
 
 import collections
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import ml_collections
 import numpy as np
 import pytest
 
 from nopejax import data
-from nopejax import datasets
-from nopejax import tokenizers
+from nopejax.data import examples, pipeline, tasks, tokenizers
+from nopejax.data import spec as data_spec
+from nopejax.data.sources import builder
+from nopejax.data.sources import text as text_source
 
 
 @pytest.fixture
 def cfg(tmp_path):
   c = data.default_config()
-  c.data_dir = str(tmp_path / 'data')
-  c.tasks = 'copy,addition'
+  c.data_dir = str(tmp_path / "data")
+  c.tasks = "copy,addition"
   c.train_length, c.test_length = 4, 6
   c.num_train, c.num_test = 48, 8
   c.seq_len, c.batch_size = 40, 4
-  return c
+  return data.resolve(c, 128)
 
 
 @pytest.fixture
 def corpus(tmp_path):
-  root = tmp_path / 'corpus'
-  (root / 'sub').mkdir(parents=True)
+  root = tmp_path / "corpus"
+  (root / "sub").mkdir(parents=True)
   for i in range(12):
-    (root / ('sub' if i % 2 else '') / f'file{i}.py').write_text(f'# file {i}\n' + 'x = 1\n' * (20 * i + 1))
-  (root / 'empty.py').write_text('')
+    (root / ("sub" if i % 2 else "") / f"file{i}.py").write_text(
+      f"# file {i}\n" + "x = 1\n" * (20 * i + 1)
+    )
+  (root / "empty.py").write_text("")
   return str(root)
 
 
 def text_cfg(cfg, corpus):
-  cfg.kind, cfg.corpus, cfg.val_fraction = 'text', corpus, 0.25
-  return cfg
+  return dataclasses.replace(cfg, kind="text", corpus=corpus, val_fraction=0.25)
+
+
+def as_group(spec) -> ml_collections.ConfigDict:
+  """A DataSpec back as a `data` config group, to validate (resolve returns a spec as is)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(spec))
 
 
 def documents(batch) -> list[tuple[int, ...]]:
   """Each packed document of a batch as bos + tokens, rebuilt from inputs/targets."""
   docs = []
-  for row in range(len(batch['inputs'])):
-    seg = batch['segment_ids'][row]
+  for row in range(len(batch["inputs"])):
+    seg = batch["segment_ids"][row]
     for s in np.unique(seg[seg > 0]):
       at = seg == s
-      docs.append(tuple(batch['inputs'][row][at]) + (batch['targets'][row][at][-1],))
+      docs.append(tuple(batch["inputs"][row][at]) + (batch["targets"][row][at][-1],))
   return docs
 
 
 def all_docs(c, task, split):
-  return [tuple(e['prompt'] + e['answer']) for e in data.task_examples(c, task, split)]
+  return [tuple(e["prompt"] + e["answer"]) for e in data.task_examples(c, task, split)]
 
 
 # ---------------------------------------------------------------- builders
 
 
 def test_same_seed_same_examples_other_seed_other_examples(cfg, tmp_path):
-  first = data.task_examples(cfg, 'addition', 'train')
-  cfg.data_dir = str(tmp_path / 'elsewhere')  # regenerated, not read back
-  assert data.task_examples(cfg, 'addition', 'train') == first
-  cfg.seed = 1
-  assert data.task_examples(cfg, 'addition', 'train') != first
+  first = data.task_examples(cfg, "addition", "train")
+  # Regenerated, not read back.
+  cfg = dataclasses.replace(cfg, data_dir=str(tmp_path / "elsewhere"))
+  assert data.task_examples(cfg, "addition", "train") == first
+  cfg = dataclasses.replace(cfg, seed=1)
+  assert data.task_examples(cfg, "addition", "train") != first
 
 
 def test_splits_have_the_configured_lengths_and_sizes(cfg):
-  assert data.test_lengths(cfg, 'copy') == [1, 2, 3, 4, 5, 6]
-  train = data.task_examples(cfg, 'copy', 'train')
-  assert len(train) == 48 and {e['length'] for e in train} == {1, 2, 3, 4}
-  for n in data.test_lengths(cfg, 'copy'):
-    test = data.task_examples(cfg, 'copy', f'test_{n}')
-    assert len(test) == 8 and {e['length'] for e in test} == {n}
-  cfg.train_length = cfg.test_length = None  # the paper's
-  assert data.test_lengths(cfg, 'copy')[-1] == 40 and data.test_lengths(cfg, 'sort')[-1] == 16
+  assert data.test_lengths(cfg, "copy") == [1, 2, 3, 4, 5, 6]
+  train = data.task_examples(cfg, "copy", "train")
+  assert len(train) == 48 and {e["length"] for e in train} == {1, 2, 3, 4}
+  for n in data.test_lengths(cfg, "copy"):
+    test = data.task_examples(cfg, "copy", f"test_{n}")
+    assert len(test) == 8 and {e["length"] for e in test} == {n}
+  cfg = dataclasses.replace(cfg, train_length=None, test_length=None)  # the paper's
+  assert data.test_lengths(cfg, "copy")[-1] == 40 and data.test_lengths(cfg, "sort")[-1] == 16
 
 
 def test_examples_start_with_bos_end_with_eos_and_decode_to_the_text(cfg):
   tok = tokenizers.get_tokenizer(cfg)
-  for e in data.task_examples(cfg, 'addition', 'test_3'):
-    assert e['prompt'][0] == tok.bos_id and e['answer'][-1] == tok.eos_id
-    assert tok.decode(e['prompt'] + e['answer']) == e['text']
-    assert e['text'].startswith('Compute ') and tok.decode(e['answer']).startswith('The answer is')
+  for e in data.task_examples(cfg, "addition", "test_3"):
+    assert e["prompt"][0] == tok.bos_id and e["answer"][-1] == tok.eos_id
+    assert tok.decode(e["prompt"] + e["answer"]) == e["text"]
+    assert e["text"].startswith("Compute ") and tok.decode(e["answer"]).startswith("The answer is")
 
 
 def test_building_twice_reuses_the_files(cfg):
-  data.task_examples(cfg, 'copy', 'train')
-  root = os.path.join(datasets.data_dir(cfg), 'nopejax_tasks')
+  data.task_examples(cfg, "copy", "train")
+  root = os.path.join(builder.data_dir(cfg), "nopejax_tasks")
   built = {d: os.stat(os.path.join(root, d)).st_mtime_ns for d in os.listdir(root)}
-  data.task_examples(cfg, 'copy', 'train')
+  data.task_examples(cfg, "copy", "train")
   assert {d: os.stat(os.path.join(root, d)).st_mtime_ns for d in os.listdir(root)} == built
-  cfg.num_train = 50
-  data.task_examples(cfg, 'copy', 'train')
+  data.task_examples(dataclasses.replace(cfg, num_train=50), "copy", "train")
   assert len(os.listdir(root)) == len(built) + 1
 
 
 def test_data_dir_defaults_to_env_then_cache(cfg, monkeypatch):
-  cfg.data_dir = None
-  monkeypatch.setenv('NOPEJAX_DATA_DIR', '/somewhere')
-  assert datasets.data_dir(cfg) == '/somewhere'
-  monkeypatch.delenv('NOPEJAX_DATA_DIR')
-  assert datasets.data_dir(cfg) == os.path.expanduser('~/.cache/nopejax/data')
+  cfg = dataclasses.replace(cfg, data_dir=None)
+  monkeypatch.setenv("NOPEJAX_DATA_DIR", "/somewhere")
+  assert builder.data_dir(cfg) == "/somewhere"
+  monkeypatch.delenv("NOPEJAX_DATA_DIR")
+  assert builder.data_dir(cfg) == os.path.expanduser("~/.cache/nopejax/data")
 
 
 def test_passkey_examples_fit_and_hold_the_key(cfg):
-  cfg.kind, cfg.passkey_lengths, cfg.passkey_depths = 'passkey', (500, 900), (0.0, 1.0)
-  cfg.num_train, cfg.num_test, cfg.num_passkey = 8, 4, 3
+  cfg = dataclasses.replace(
+    cfg,
+    kind="passkey",
+    passkey_lengths=(500, 900),
+    passkey_depths=(0.0, 1.0),
+    num_train=8,
+    num_test=4,
+    num_passkey=3,
+  )
   tok = tokenizers.get_tokenizer(cfg)
-  assert tok.name == 'byte'
+  assert tok.name == "byte"
   for length in (500, 900):
     needle_at = []
     for depth in (0.0, 1.0):
       for e in data.passkey_examples(cfg, length, depth):
-        assert length - 100 < len(e['prompt']) + len(e['answer']) <= length
-        prompt, answer = tok.decode(e['prompt']), tok.decode(e['answer'])
-        assert prompt.endswith('What is the pass key? The pass key is')
+        assert length - 100 < len(e["prompt"]) + len(e["answer"]) <= length
+        prompt, answer = tok.decode(e["prompt"]), tok.decode(e["answer"])
+        assert prompt.endswith("What is the pass key? The pass key is")
         key = answer[1:-1]
-        assert answer == f' {key}.' and f'The pass key is {key}. Remember it.' in prompt
-        needle_at.append(prompt.index('Remember it.'))
+        assert answer == f" {key}." and f"The pass key is {key}. Remember it." in prompt
+        needle_at.append(prompt.index("Remember it."))
     assert max(needle_at[:3]) < min(needle_at[3:])  # depth 0 before depth 1
-  with pytest.raises(ValueError, match='data.passkey_depths'):
+  with pytest.raises(ValueError, match="data.passkey_depths"):
     data.passkey_examples(cfg, 500, 0.5)
 
 
 def test_passkey_trains_on_its_own_lengths(cfg):
   """passkey_train_lengths: train/validation documents at most 300 tokens, tests at 500, 900."""
-  cfg.kind, cfg.passkey_lengths, cfg.passkey_depths = 'passkey', (500, 900), (0.0, 1.0)
-  cfg.passkey_train_lengths = (300,)
-  cfg.num_train, cfg.num_test, cfg.num_passkey = 8, 4, 2
-  for split, count in (('train', 8), ('validation', 4)):
-    _, (source,) = data._sources(cfg, split)
-    records = data._read_all(source)
+  cfg = dataclasses.replace(
+    cfg,
+    kind="passkey",
+    passkey_lengths=(500, 900),
+    passkey_depths=(0.0, 1.0),
+    passkey_train_lengths=(300,),
+    num_train=8,
+    num_test=4,
+    num_passkey=2,
+  )
+  for split, count in (("train", 8), ("validation", 4)):
+    _, (source,) = pipeline.sources(cfg, split)
+    records = examples._read_all(source)
     assert len(records) == count
-    assert {int(r['length']) for r in records} == {300}, split
-    assert all(200 < len(r['inputs']) + len(r['targets']) + 2 <= 300 for r in records)
-  assert all(len(e['prompt']) > 800 for e in data.passkey_examples(cfg, 900, 1.0))
-  cfg.passkey_train_lengths = (300, 0)
-  with pytest.raises(ValueError, match=r'data.passkey_train_lengths: need positive lengths'):
-    data.validate(cfg, vocab_size=259)
+    assert {int(r["length"]) for r in records} == {300}, split
+    assert all(200 < len(r["inputs"]) + len(r["targets"]) + 2 <= 300 for r in records)
+  assert all(len(e["prompt"]) > 800 for e in data.passkey_examples(cfg, 900, 1.0))
+  cfg = dataclasses.replace(cfg, passkey_train_lengths=(300, 0))
+  with pytest.raises(ValueError, match=r"data.passkey_train_lengths: need positive lengths"):
+    data.resolve(as_group(cfg), model_vocab_size=259)
 
 
 def test_text_documents_split_by_path_hash(cfg, corpus):
-  text_cfg(cfg, corpus)
-  root, files = datasets.corpus_files(corpus)
-  expected = collections.Counter(datasets.document_split(os.path.relpath(f, root), 0.25)
-                                 for f in files if os.path.getsize(f))
-  val, train = data.text_documents(cfg, 'validation'), data.text_documents(cfg, 'train')
-  assert (len(val), len(train)) == (expected['validation'], expected['train'])
+  cfg = text_cfg(cfg, corpus)
+  root, files = text_source.corpus_files(corpus)
+  expected = collections.Counter(
+    text_source.document_split(os.path.relpath(f, root), 0.25) for f in files if os.path.getsize(f)
+  )
+  val, train = data.text_documents(cfg, "validation"), data.text_documents(cfg, "train")
+  assert (len(val), len(train)) == (expected["validation"], expected["train"])
   tok = tokenizers.get_tokenizer(cfg)
   assert all(d[0] == tok.bos_id and d[-1] == tok.eos_id and d.dtype == np.int32 for d in val)
-  assert all(tok.decode(d).startswith('# file ') for d in val + train)
+  assert all(tok.decode(d).startswith("# file ") for d in val + train)
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -160,35 +185,34 @@ def test_text_documents_split_by_path_hash(cfg, corpus):
 
 def test_byte_tokenizer_round_trips_with_specials_below_bytes():
   tok = tokenizers.ByteTokenizer()
-  ids = tok.encode('héllo ✓')
+  ids = tok.encode("héllo ✓")
   assert min(ids) >= 3 and max(ids) < tok.vocab_size == 259
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
-  assert tok.decode([tok.bos_id] + ids + [tok.eos_id]) == 'héllo ✓'
+  assert tok.decode([tok.bos_id] + ids + [tok.eos_id]) == "héllo ✓"
 
 
 def test_hf_tokenizer_from_a_local_file(cfg, tmp_path):
-  hf = pytest.importorskip('tokenizers')
-  words = ['<pad>', '<s>', '</s>', '<unk>', 'hello', 'world']
-  model = hf.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='<unk>')
+  hf = pytest.importorskip("tokenizers")
+  words = ["<pad>", "<s>", "</s>", "<unk>", "hello", "world"]
+  model = hf.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>")
   tok_json = hf.Tokenizer(model)
   tok_json.pre_tokenizer = hf.pre_tokenizers.Whitespace()
-  tok_json.add_special_tokens(['<pad>', '<s>', '</s>'])
-  tok_json.save(str(tmp_path / 'tokenizer.json'))
-  cfg.kind, cfg.tokenizer = 'passkey', f'hf:{tmp_path}/tokenizer.json'
+  tok_json.add_special_tokens(["<pad>", "<s>", "</s>"])
+  tok_json.save(str(tmp_path / "tokenizer.json"))
+  cfg = dataclasses.replace(cfg, kind="passkey", tokenizer=f"hf:{tmp_path}/tokenizer.json")
   tok = tokenizers.get_tokenizer(cfg)
   assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.vocab_size) == (0, 1, 2, 6)
-  assert tok.encode('hello world') == [4, 5] and tok.decode([1, 4, 5, 2]) == 'hello world'
+  assert tok.encode("hello world") == [4, 5] and tok.decode([1, 4, 5, 2]) == "hello world"
   assert data.vocab_size(cfg) == 6
 
 
 def test_sentencepiece_trained_on_the_corpus_feeds_the_pipeline(cfg, corpus):
-  text_cfg(cfg, corpus)
-  cfg.tokenizer, cfg.vocab_size_sp = 'sentencepiece', 300
+  cfg = dataclasses.replace(text_cfg(cfg, corpus), tokenizer="sentencepiece", vocab_size_sp=300)
   assert data.vocab_size(cfg) == 300
   tok = tokenizers.get_tokenizer(cfg)
-  assert tok.vocab_size <= 300 and tok.decode(tok.encode('x = 1\n')) == 'x = 1\n'
+  assert tok.vocab_size <= 300 and tok.decode(tok.encode("x = 1\n")) == "x = 1\n"
   batch = next(data.train_iter(cfg, process_index=0, process_count=1))
-  assert batch['inputs'].max() < 300 and batch['segment_ids'].max() >= 1
+  assert batch["inputs"].max() < 300 and batch["segment_ids"].max() >= 1
 
 
 # ---------------------------------------------------------------- pipeline
@@ -196,32 +220,39 @@ def test_sentencepiece_trained_on_the_corpus_feeds_the_pipeline(cfg, corpus):
 
 def check_batch(batch, c, *, whole_documents=True, loss_on_all=False):
   rows, seq_len = c.batch_size, c.seq_len
-  for key, dtype in [('inputs', np.int32), ('targets', np.int32), ('segment_ids', np.int32),
-                     ('positions', np.int32), ('loss_mask', np.float32)]:
+  for key, dtype in [
+    ("inputs", np.int32),
+    ("targets", np.int32),
+    ("segment_ids", np.int32),
+    ("positions", np.int32),
+    ("loss_mask", np.float32),
+  ]:
     assert batch[key].shape == (rows, seq_len) and batch[key].dtype == dtype, key
-  seg, pos = batch['segment_ids'], batch['positions']
+  seg, pos = batch["segment_ids"], batch["positions"]
   for row in range(rows):
     for s in np.unique(seg[row][seg[row] > 0]):
       at = np.flatnonzero(seg[row] == s)
       assert (at == np.arange(at[0], at[0] + len(at))).all()  # contiguous
       assert (pos[row][at] == np.arange(len(at))).all()  # positions restart
       # Within a document, each target is the next input: never another document's token.
-      assert (batch['targets'][row][at[:-1]] == batch['inputs'][row][at[1:]]).all()
+      assert (batch["targets"][row][at[:-1]] == batch["inputs"][row][at[1:]]).all()
       if whole_documents:
-        assert batch['targets'][row][at[-1]] == 2  # the document's own eos (task/byte ids)
-  assert (batch['loss_mask'][seg == 0] == 0).all()
+        assert batch["targets"][row][at[-1]] == 2  # the document's own eos (task/byte ids)
+  assert (batch["loss_mask"][seg == 0] == 0).all()
   if loss_on_all:
-    assert (batch['loss_mask'] == (seg > 0)).all()
+    assert (batch["loss_mask"] == (seg > 0)).all()
 
 
-@pytest.mark.parametrize('pack', [True, False])
+@pytest.mark.parametrize("pack", [True, False])
 def test_one_pass_keeps_every_document_whole(cfg, pack):
-  cfg.pack = pack
-  batches = list(data.eval_iter(cfg, 'train', process_index=0, process_count=1))
+  cfg = dataclasses.replace(cfg, pack=pack)
+  batches = list(data.eval_iter(cfg, "train", process_index=0, process_count=1))
   for batch in batches:
     check_batch(batch, cfg)
   got = collections.Counter(d for b in batches for d in documents(b))
-  assert got == collections.Counter(all_docs(cfg, 'copy', 'train') + all_docs(cfg, 'addition', 'train'))
+  assert got == collections.Counter(
+    all_docs(cfg, "copy", "train") + all_docs(cfg, "addition", "train")
+  )
   if pack:
     assert len(batches) < 96 / cfg.batch_size  # packing put several documents in a row
 
@@ -229,20 +260,23 @@ def test_one_pass_keeps_every_document_whole(cfg, pack):
 def test_loss_mask_covers_exactly_the_answer(cfg):
   batch = next(data.train_iter(cfg, process_index=0, process_count=1))
   check_batch(batch, cfg)
-  answers = {tuple(e['prompt']): tuple(e['answer']) for task in ('copy', 'addition')
-             for e in data.task_examples(cfg, task, 'train')}
+  answers = {
+    tuple(e["prompt"]): tuple(e["answer"])
+    for task in ("copy", "addition")
+    for e in data.task_examples(cfg, task, "train")
+  }
   for row in range(cfg.batch_size):
-    seg = batch['segment_ids'][row]
+    seg = batch["segment_ids"][row]
     for s in np.unique(seg[seg > 0]):
       at = seg == s
-      doc = tuple(batch['inputs'][row][at]) + (batch['targets'][row][at][-1],)
-      trained = tuple(batch['targets'][row][at][batch['loss_mask'][row][at] == 1])
-      assert trained == answers[doc[:len(doc) - len(trained)]]
+      doc = tuple(batch["inputs"][row][at]) + (batch["targets"][row][at][-1],)
+      trained = tuple(batch["targets"][row][at][batch["loss_mask"][row][at] == 1])
+      assert trained == answers[doc[: len(doc) - len(trained)]]
 
 
-@pytest.mark.parametrize('num_workers', [0, 1])
+@pytest.mark.parametrize("num_workers", [0, 1])
 def test_train_iter_resumes_from_a_json_state(cfg, num_workers):
-  cfg.num_workers = num_workers
+  cfg = dataclasses.replace(cfg, num_workers=num_workers)
 
   def take(it, n):  # copies: worker batches live in shared memory freed on close
     return [{k: np.array(v) for k, v in next(it).items()} for _ in range(n)]
@@ -261,8 +295,8 @@ def test_train_iter_resumes_from_a_json_state(cfg, num_workers):
 
 
 def test_train_iter_is_deterministic_and_reshuffles_each_epoch(cfg):
-  cfg.pack, cfg.tasks = False, 'copy'
-  cfg.num_train, cfg.batch_size = 48, 48  # one batch is one epoch
+  # One batch is one epoch.
+  cfg = dataclasses.replace(cfg, pack=False, tasks="copy", num_train=48, batch_size=48)
 
   def epochs(c):
     it = data.train_iter(c, process_index=0, process_count=1)
@@ -274,21 +308,23 @@ def test_train_iter_is_deterministic_and_reshuffles_each_epoch(cfg):
 
 
 def test_processes_split_the_documents_without_overlap(cfg):
-  cfg.pack, cfg.batch_size = False, 8
+  cfg = dataclasses.replace(cfg, pack=False, batch_size=8)
   per_process = []
   for index in (0, 1):
     it = data.train_iter(cfg, process_index=index, process_count=2)
     batches = [next(it) for _ in range(12)]  # 12 x 4 rows: one epoch of this half
-    assert batches[0]['inputs'].shape == (4, cfg.seq_len)
+    assert batches[0]["inputs"].shape == (4, cfg.seq_len)
     per_process.append(collections.Counter(d for b in batches for d in documents(b)))
-  everything = collections.Counter(all_docs(cfg, 'copy', 'train') + all_docs(cfg, 'addition', 'train'))
+  everything = collections.Counter(
+    all_docs(cfg, "copy", "train") + all_docs(cfg, "addition", "train")
+  )
   assert per_process[0] + per_process[1] == everything
 
 
 def test_eval_iter_gives_each_process_its_rows_of_the_same_batches(cfg):
-  cfg.batch_size = 8
-  whole = list(data.eval_iter(cfg, 'test_6', process_index=0, process_count=1))
-  halves = [list(data.eval_iter(cfg, 'test_6', process_index=i, process_count=2)) for i in (0, 1)]
+  cfg = dataclasses.replace(cfg, batch_size=8)
+  whole = list(data.eval_iter(cfg, "test_6", process_index=0, process_count=1))
+  halves = [list(data.eval_iter(cfg, "test_6", process_index=i, process_count=2)) for i in (0, 1)]
   assert len(halves[0]) == len(halves[1]) == len(whole)
   for w, h0, h1 in zip(whole, *halves):
     for key in w:
@@ -298,23 +334,28 @@ def test_eval_iter_gives_each_process_its_rows_of_the_same_batches(cfg):
 
 
 def test_text_rows_chunk_long_files_and_train_on_every_token(cfg, corpus):
-  text_cfg(cfg, corpus)
-  cfg.seq_len = 16
-  batches = list(data.eval_iter(cfg, 'train', process_index=0, process_count=1))
+  cfg = dataclasses.replace(text_cfg(cfg, corpus), seq_len=16)
+  batches = list(data.eval_iter(cfg, "train", process_index=0, process_count=1))
   for batch in batches:
     check_batch(batch, cfg, whole_documents=False, loss_on_all=True)
-  tokens = sum(len(d) - 1 for d in data.text_documents(cfg, 'train'))
-  assert sum(b['loss_mask'].sum() for b in batches) == tokens
-  check_batch(next(data.train_iter(cfg, process_index=0, process_count=1)), cfg, whole_documents=False,
-              loss_on_all=True)
+  tokens = sum(len(d) - 1 for d in data.text_documents(cfg, "train"))
+  assert sum(b["loss_mask"].sum() for b in batches) == tokens
+  check_batch(
+    next(data.train_iter(cfg, process_index=0, process_count=1)),
+    cfg,
+    whole_documents=False,
+    loss_on_all=True,
+  )
 
 
 def test_overflow_errors_or_truncates(cfg):
-  cfg.seq_len = 12
-  with pytest.raises(ValueError, match=r'^data.seq_len: a document of \d+ tokens'):
+  cfg = dataclasses.replace(cfg, seq_len=12)
+  with pytest.raises(ValueError, match=r"^data.seq_len: a document of \d+ tokens"):
     next(data.train_iter(cfg, process_index=0, process_count=1))
-  cfg.overflow = 'truncate'
-  check_batch(next(data.train_iter(cfg, process_index=0, process_count=1)), cfg, whole_documents=False)
+  cfg = dataclasses.replace(cfg, overflow="truncate")
+  check_batch(
+    next(data.train_iter(cfg, process_index=0, process_count=1)), cfg, whole_documents=False
+  )
 
 
 # ---------------------------------------------------------------- validation
@@ -322,56 +363,73 @@ def test_overflow_errors_or_truncates(cfg):
 
 def test_default_config_validates_and_every_field_is_commented():
   c = data.default_config()
-  data.validate(c, 128)
-  source = open(data.__file__).read()
+  data.resolve(c, 128)
+  source = open(data_spec.__file__).read()
   for key in c:
-    assert f'c.{key} = ' in source and '#' in source.split(f'c.{key} = ')[1].split('\n')[0], key
+    assert f"c.{key} = " in source and "#" in source.split(f"c.{key} = ")[1].split("\n")[0], key
 
 
-@pytest.mark.parametrize('changes, message', [
-    (dict(tasks='copy,foo'), "data.tasks: unknown task 'foo'; known: addition, copy"),
-    (dict(kind='images'), "data.kind: unknown kind 'images'"),
-    (dict(tokenizer='wordpiece'), "data.tokenizer: unknown tokenizer 'wordpiece'"),
-    (dict(tokenizer='hf:/no/such/tokenizer.json'), 'data.tokenizer: /no/such/tokenizer.json does not exist'),
-    (dict(overflow='wrap'), "data.overflow: unknown value 'wrap'"),
-    (dict(batch_size=0), 'data.batch_size: must be positive'),
-    (dict(seq_len=-1), 'data.seq_len: must be positive'),
-    (dict(kind='text', corpus='/no/such/dir'), 'data.corpus: /no/such/dir does not exist'),
-    (dict(kind='text', corpus='EMPTY'), 'data.corpus: .* holds no text files'),
-    (dict(kind='text', tokenizer='task'), "data.tokenizer: 'task' only encodes task words"),
-    (dict(kind='text'), "model.vocab_size: data.tokenizer='auto' needs at least 259, got 100"),
-])
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    (dict(tasks="copy,foo"), "data.tasks: unknown task 'foo'; known: addition, copy"),
+    (dict(kind="images"), "data.kind: unknown kind 'images'"),
+    (dict(tokenizer="wordpiece"), "data.tokenizer: unknown tokenizer 'wordpiece'"),
+    (
+      dict(tokenizer="hf:/no/such/tokenizer.json"),
+      "data.tokenizer: /no/such/tokenizer.json does not exist",
+    ),
+    (dict(overflow="wrap"), "data.overflow: unknown value 'wrap'"),
+    (dict(batch_size=0), "data.batch_size: expected a positive integer"),
+    (dict(seq_len=-1), "data.seq_len: expected a positive integer"),
+    (dict(kind="text", corpus="/no/such/dir"), "data.corpus: /no/such/dir does not exist"),
+    (dict(kind="text", corpus="EMPTY"), "data.corpus: .* holds no text files"),
+    (dict(kind="text", tokenizer="task"), "data.tokenizer: 'task' only encodes task words"),
+    (dict(kind="text"), "model.vocab_size: data.tokenizer='auto' needs at least 259, got 100"),
+  ],
+)
 def test_validate_names_the_bad_key_in_one_line(changes, message, tmp_path):
   c = data.default_config()
-  if changes.get('corpus') == 'EMPTY':
-    changes['corpus'] = str(tmp_path)
+  if changes.get("corpus") == "EMPTY":
+    changes["corpus"] = str(tmp_path)
   c.update(changes)
   with pytest.raises(ValueError, match=message) as e:
-    data.validate(c, 100)
-  assert '\n' not in str(e.value)
+    data.resolve(c, 100)
+  assert "\n" not in str(e.value)
 
 
 def test_batch_size_must_divide_across_processes(cfg):
-  cfg.batch_size = 6
-  with pytest.raises(ValueError, match='^data.batch_size: 6 does not divide evenly across 4 processes'):
+  cfg = dataclasses.replace(cfg, batch_size=6)
+  with pytest.raises(
+    ValueError, match="^data.batch_size: 6 does not divide evenly across 4 processes"
+  ):
     data.train_iter(cfg, process_index=0, process_count=4)
 
 
 def test_known_tasks_and_vocab_size(cfg):
-  assert {'copy', 'reverse', 'addition', 'parity', 'sort', 'summation'} <= set(data.known_tasks())
+  assert {"copy", "reverse", "addition", "parity", "sort", "summation"} <= set(tasks.TASKS)
   assert data.vocab_size(cfg) == tokenizers.TaskTokenizer().vocab_size < 128
-  cfg.tokenizer = 'byte'
-  assert data.vocab_size(cfg) == 259
+  assert data.vocab_size(dataclasses.replace(cfg, tokenizer="byte")) == 259
 
 
 def test_bench_data_command_prints_throughput(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
-      [sys.executable, '-m', 'nopejax.bench_data', '--config=configs/tiny.py', '--batches=3',
-       f'--config.data.data_dir={tmp_path}'],
-      cwd=root, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "nopejax.bench_data",
+      "--config=configs/tiny.py",
+      "--batches=3",
+      f"--config.data.data_dir={tmp_path}",
+    ],
+    cwd=root,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert report['batches'] == 3 and report['examples_per_s'] > 0 and report['tokens_per_s'] > 0
-  assert 0 < report['fill'] <= 1
+  assert report["batches"] == 3 and report["examples_per_s"] > 0 and report["tokens_per_s"] > 0
+  assert 0 < report["fill"] <= 1

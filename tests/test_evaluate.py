@@ -16,8 +16,12 @@ import pytest
 
 import nopejax
 from nopejax import data as data_lib
-from nopejax import evaluation, experiment, training
-from nopejax import positions as pos_lib
+from nopejax import experiment
+from nopejax.eval import lm as lm_eval
+from nopejax.eval import runner
+from nopejax.model.schemes import rope as rope_lib
+from nopejax.train import loop
+from nopejax.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -26,19 +30,34 @@ from configs import tiny  # noqa: E402
 # The cheapest tiny copy setting found to reach 100% on every training length (1..3) in about
 # 20 s of training on 2 CPU cores: 2 layers 64 wide (the tiny default of 32 wide with 6 training
 # lengths stays near 50% at these budgets).
-COPY_TRAINING = ("--config.data.train_length=3", "--config.data.test_length=5",
-                 "--config.data.num_train=5000", "--config.data.batch_size=32",
-                 "--config.model.positions=rope", "--config.model.d_model=64",
-                 "--config.model.num_heads=4", "--config.model.num_kv_heads=4",
-                 "--config.opt.lr=1e-2", "--config.opt.weight_decay=0",
-                 "--config.train.steps=300", "--config.train.log_every=100",
-                 "--config.train.eval_every=0", "--config.train.checkpoint_every=300")
+COPY_TRAINING = (
+  "--config.data.train_length=3",
+  "--config.data.test_length=5",
+  "--config.data.num_train=5000",
+  "--config.data.batch_size=32",
+  "--config.model.positions=rope",
+  "--config.model.d_model=64",
+  "--config.model.num_heads=4",
+  "--config.model.num_kv_heads=4",
+  "--config.opt.lr=1e-2",
+  "--config.opt.weight_decay=0",
+  "--config.train.steps=300",
+  "--config.train.log_every=100",
+  "--config.train.eval_every=0",
+  "--config.train.checkpoint_every=300",
+)
 
 
 def run_cli(module, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def text_config(tmp_path):
@@ -67,8 +86,9 @@ def text_config(tmp_path):
 def test_copy_model_scores_100_percent_through_the_real_command(tmp_path):
   workdir = tmp_path / "copy"
   data = f"--config.data.data_dir={tmp_path / 'data'}"
-  proc = run_cli("nopejax.train", "--config=configs/tiny.py", f"--workdir={workdir}", data,
-                 *COPY_TRAINING)
+  proc = run_cli(
+    "nopejax.train", "--config=configs/tiny.py", f"--workdir={workdir}", data, *COPY_TRAINING
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = run_cli("nopejax.evaluate", f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,19 +104,25 @@ def test_copy_model_scores_100_percent_through_the_real_command(tmp_path):
 
 def test_lm_loss_at_a_short_context_is_the_training_loss(tmp_path):
   cfg = text_config(tmp_path)
-  spec = experiment.validate(cfg)
+  exp = experiment.resolve(cfg)
+  spec = exp.model
   params = nopejax.init(spec, jax.random.key(0))
-  docs = data_lib.text_documents(cfg.data, "validation")
+  docs = data_lib.text_documents(exp.data, "validation")
   length, score = cfg.data.seq_len, cfg.data.seq_len // 2
-  inputs, targets = evaluation.lm_windows(docs, length, length, score, limit=3)
+  inputs, targets = lm_eval.lm_windows(docs, length, length, score, limit=3)
   mask = np.zeros(inputs.shape, np.float32)
   mask[:, -score:] = 1
-  batch = {"inputs": inputs, "targets": targets, "segment_ids": np.ones_like(inputs),
-           "positions": np.broadcast_to(np.arange(length), inputs.shape), "loss_mask": mask}
-  _, sums = training.loss_sums(spec, params, batch)
+  batch = {
+    "inputs": inputs,
+    "targets": targets,
+    "segment_ids": np.ones_like(inputs),
+    "positions": np.broadcast_to(np.arange(length), inputs.shape),
+    "loss_mask": mask,
+  }
+  _, sums = step_lib.loss_sums(spec, params, batch)
   want = float(sums["ce"] / sums["tokens"])
   cfg.eval.lm_lengths, cfg.eval.max_examples = str(length), 3
-  got = evaluation.evaluate_lm(cfg, spec, params)[length]
+  got = lm_eval.evaluate_lm(experiment.resolve(cfg), spec, params)[length]
   assert got["tokens"] == 3 * score
   np.testing.assert_allclose(got["loss"], want, rtol=1e-5)
   np.testing.assert_allclose(got["perplexity"], np.exp(want), rtol=1e-5)
@@ -106,11 +132,12 @@ def test_lm_loss_at_a_short_context_is_the_training_loss(tmp_path):
 
 def test_lm_and_passkey_tables_and_plots_with_compare(tmp_path):
   cfg = text_config(tmp_path)
-  training.run(cfg, str(tmp_path / "a"))
+  loop.run(experiment.resolve(cfg), str(tmp_path / "a"))
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   out = tmp_path / "both"
-  proc = run_cli("nopejax.evaluate", f"--compare={tmp_path / 'a'},{tmp_path / 'b'}",
-                 f"--workdir={out}")
+  proc = run_cli(
+    "nopejax.evaluate", f"--compare={tmp_path / 'a'},{tmp_path / 'b'}", f"--workdir={out}"
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "**lm** (bits_per_byte" in proc.stdout and "| b | 0 |" in proc.stdout
   assert "**passkey** (accuracy by length and needle depth" in proc.stdout
@@ -130,15 +157,16 @@ def test_lm_and_passkey_tables_and_plots_with_compare(tmp_path):
 def test_rope_scaling_matches_its_definition():
   x = jax.random.normal(jax.random.key(0), (1, 5, 2, 8))
   pos = jnp.arange(5)[None]
-  rope = lambda p, **kw: np.asarray(pos_lib.rope(x, p, theta=100.0, rotary_dim=8, **kw))
+  rope = lambda p, **kw: np.asarray(rope_lib.rope(x, p, theta=100.0, rotary_dim=8, **kw))
   np.testing.assert_allclose(rope(2 * pos, scaling="linear", factor=2.0), rope(pos), atol=1e-5)
-  ntk = np.asarray(pos_lib.rope(x, pos, theta=100.0 * 4.0 ** (8 / 6), rotary_dim=8))
+  ntk = np.asarray(rope_lib.rope(x, pos, theta=100.0 * 4.0 ** (8 / 6), rotary_dim=8))
   np.testing.assert_allclose(rope(pos, scaling="ntk", factor=4.0), ntk, atol=1e-5)
   for scaling in ("ntk", "yarn"):  # factor 1 changes nothing
-    np.testing.assert_allclose(rope(pos, scaling=scaling, factor=1.0, original_len=16),
-                               rope(pos), atol=1e-6)
-  inv_freq, attn = pos_lib.rope_frequencies(8, 100.0, "yarn", 4.0, original_len=16)
-  base, _ = pos_lib.rope_frequencies(8, 100.0)
+    np.testing.assert_allclose(
+      rope(pos, scaling=scaling, factor=1.0, original_len=16), rope(pos), atol=1e-6
+    )
+  inv_freq, attn = rope_lib.rope_frequencies(8, 100.0, "yarn", 4.0, original_len=16)
+  base, _ = rope_lib.rope_frequencies(8, 100.0)
   assert inv_freq[0] == base[0] and np.isclose(inv_freq[-1], base[-1] / 4)  # fast kept, slow /4
   assert np.isclose(attn, 0.1 * np.log(4.0) + 1)
 
@@ -146,19 +174,24 @@ def test_rope_scaling_matches_its_definition():
 def test_rope_scaling_reaches_the_model_at_evaluation_only(tmp_path):
   cfg = tiny.get_config()
   cfg.model.positions = "rope"
-  assert experiment.validate(cfg).rope_scaling == "none"
+  assert experiment.resolve(cfg).model.rope_scaling == "none"
   cfg.eval.rope_scaling, cfg.eval.rope_scaling_factor = "yarn", 4.0
-  spec = evaluation.eval_spec(cfg)
+  spec = runner.model_spec(experiment.resolve(cfg))
   assert (spec.rope_scaling, spec.rope_scaling_factor, spec.rope_original_len) == (
-      "yarn", 4.0, cfg.data.seq_len)
+    "yarn",
+    4.0,
+    cfg.data.seq_len,
+  )
   params = nopejax.init(spec, jax.random.key(0))
   tokens = jnp.arange(20)[None] % 10
-  assert not np.allclose(nopejax.forward(spec, params, tokens),
-                         nopejax.forward(cfg.model, params, tokens))
+  assert not np.allclose(
+    nopejax.forward(spec, params, tokens), nopejax.forward(cfg.model, params, tokens)
+  )
   cfg.eval.rope_scaling = "dynamic"
-  with pytest.raises(ValueError, match="eval.rope_scaling: unknown value 'dynamic'; allowed: "
-                     "none, linear, ntk, yarn"):
-    evaluation.eval_spec(cfg)
+  with pytest.raises(
+    ValueError, match="eval.rope_scaling: unknown value 'dynamic'; allowed: none, linear, ntk, yarn"
+  ):
+    experiment.resolve(cfg)
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -172,20 +205,29 @@ def _last_line(proc):
 def test_workdir_without_checkpoint(tmp_path):
   proc = run_cli("nopejax.evaluate", "--config=configs/tiny.py", f"--workdir={tmp_path}")
   assert _last_line(proc) == (
-      f"error: --workdir: '{tmp_path}' holds no checkpoint and no params/ export")
+    f"error: --workdir: '{tmp_path}' holds no checkpoint and no params/ export"
+  )
 
 
 def test_unknown_eval_kind(tmp_path):
-  proc = run_cli("nopejax.evaluate", "--config=configs/tiny.py", f"--workdir={tmp_path}",
-                 "--config.eval.kinds=tasks,perplexity")
+  proc = run_cli(
+    "nopejax.evaluate",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.eval.kinds=tasks,perplexity",
+  )
   assert _last_line(proc) == (
-      "error: eval.kinds: unknown kind 'perplexity'; known: tasks, lm, passkey")
+    "error: eval.kinds: unknown kind 'perplexity'; known: tasks, lm, passkey"
+  )
 
 
 def test_lengths_past_learned_positions_are_refused(tmp_path):
   cfg = text_config(tmp_path)
   cfg.model.input_positions, cfg.model.max_len = "learned", 64
   params = nopejax.init(cfg.model, jax.random.key(0))
-  with pytest.raises(ValueError, match=r"^eval.lm_lengths=256 needs 256 positions but the "
-                     r"learned input positions cover model.max_len=64; evaluate shorter"):
-    evaluation.evaluate(cfg, params)
+  with pytest.raises(
+    ValueError,
+    match=r"^eval.lm_lengths=256 needs 256 positions but the "
+    r"learned input positions cover model.max_len=64; evaluate shorter",
+  ):
+    runner.evaluate(experiment.resolve(cfg), params)

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors import numpy as st_numpy
 import torch
 import transformers
+from safetensors import numpy as st_numpy
 
 import nopejax
-from nopejax import config as config_lib
 from nopejax import hf
-from nopejax import params_io
+from nopejax.model import spec as spec_lib
+from nopejax.train import params_io
 
 TOL = 1e-4  # max |logit difference| in fp32
 VOCAB = 96
@@ -46,8 +46,15 @@ def _randomize(model, seed):
 
 
 def _hf_model(cls, config_cls, seed=0, **kwargs):
-  kwargs = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 4, "num_attention_heads": 4, **NO_TOKENS, **kwargs}
+  kwargs = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    **NO_TOKENS,
+    **kwargs,
+  }
   return _randomize(cls(config_cls(**kwargs)), seed)
 
 
@@ -75,33 +82,64 @@ QWEN2 = (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)
 QWEN3 = (transformers.Qwen3ForCausalLM, transformers.Qwen3Config)
 
 LOAD_CASES = {
-    # name: (classes, config kwargs, expected model.positions)
-    "smollm3_4_layers_gqa_tied": (SMOL, dict(num_key_value_heads=2), "rope,rope,rope,nope"),
-    "smollm3_8_layers_untied": (
-        SMOL, dict(num_hidden_layers=8, num_key_value_heads=4, tie_word_embeddings=False),
-        "rope,rope,rope,nope"),
-    "smollm3_custom_no_rope_layers": (
-        SMOL, dict(no_rope_layers=[0, 1, 1, 0], num_key_value_heads=1, rope_parameters={
-            "rope_type": "default", "rope_theta": 50.0}), "nope,rope,rope,nope"),
-    "smollm3_sliding_nope_layers": (
-        SMOL, dict(no_rope_layer_interval=2, use_sliding_window=True, sliding_window=3,
-                   num_key_value_heads=2), "rope,nope@sliding:3"),
-    "smollm3_sliding_rope_layers_biases": (
-        SMOL, dict(no_rope_layers=[1, 1, 1, 0], use_sliding_window=True, sliding_window=4,
-                   layer_types=["sliding_attention"] * 3 + ["full_attention"],
-                   attention_bias=True, mlp_bias=True, _attn_implementation="eager"),
-        "rope@sliding:4,rope@sliding:4,rope@sliding:4,nope"),
-    "llama_gqa_untied_head_dim": (
-        LLAMA, dict(num_key_value_heads=2, head_dim=16, num_hidden_layers=3, rms_norm_eps=1e-5),
-        "rope"),
-    "llama_tied_biases_theta": (
-        LLAMA, dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
-                    num_hidden_layers=2, rope_parameters={"rope_type": "default",
-                                                          "rope_theta": 500.0}), "rope"),
-    "qwen2_sliding_upper_layers": (
-        QWEN2, dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=5,
-                    max_window_layers=2), "rope,rope,rope@sliding:5,rope@sliding:5"),
-    "qwen3_qk_norm_gqa": (QWEN3, dict(num_key_value_heads=1, head_dim=8), "rope"),
+  # name: (classes, config kwargs, expected model.positions)
+  "smollm3_4_layers_gqa_tied": (SMOL, dict(num_key_value_heads=2), "rope,rope,rope,nope"),
+  "smollm3_8_layers_untied": (
+    SMOL,
+    dict(num_hidden_layers=8, num_key_value_heads=4, tie_word_embeddings=False),
+    "rope,rope,rope,nope",
+  ),
+  "smollm3_custom_no_rope_layers": (
+    SMOL,
+    dict(
+      no_rope_layers=[0, 1, 1, 0],
+      num_key_value_heads=1,
+      rope_parameters={"rope_type": "default", "rope_theta": 50.0},
+    ),
+    "nope,rope,rope,nope",
+  ),
+  "smollm3_sliding_nope_layers": (
+    SMOL,
+    dict(
+      no_rope_layer_interval=2, use_sliding_window=True, sliding_window=3, num_key_value_heads=2
+    ),
+    "rope,nope@sliding:3",
+  ),
+  "smollm3_sliding_rope_layers_biases": (
+    SMOL,
+    dict(
+      no_rope_layers=[1, 1, 1, 0],
+      use_sliding_window=True,
+      sliding_window=4,
+      layer_types=["sliding_attention"] * 3 + ["full_attention"],
+      attention_bias=True,
+      mlp_bias=True,
+      _attn_implementation="eager",
+    ),
+    "rope@sliding:4,rope@sliding:4,rope@sliding:4,nope",
+  ),
+  "llama_gqa_untied_head_dim": (
+    LLAMA,
+    dict(num_key_value_heads=2, head_dim=16, num_hidden_layers=3, rms_norm_eps=1e-5),
+    "rope",
+  ),
+  "llama_tied_biases_theta": (
+    LLAMA,
+    dict(
+      tie_word_embeddings=True,
+      attention_bias=True,
+      mlp_bias=True,
+      num_hidden_layers=2,
+      rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+    ),
+    "rope",
+  ),
+  "qwen2_sliding_upper_layers": (
+    QWEN2,
+    dict(num_key_value_heads=2, use_sliding_window=True, sliding_window=5, max_window_layers=2),
+    "rope,rope,rope@sliding:5,rope@sliding:5",
+  ),
+  "qwen3_qk_norm_gqa": (QWEN3, dict(num_key_value_heads=1, head_dim=8), "rope"),
 }
 
 
@@ -112,10 +150,11 @@ def test_load_matches_transformers_logits(case, tmp_path):
   model.save_pretrained(tmp_path, safe_serialization=True)
   model_cfg, params = hf.load(tmp_path)
   assert model_cfg.positions == positions
-  config_lib.resolve(model_cfg)
+  spec_lib.resolve(model_cfg)
   abstract = jax.eval_shape(lambda: nopejax.init(model_cfg, jax.random.key(0)))
   assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(
-      lambda a: (a.shape, a.dtype), params), "params differ from nopejax.init's layout"
+    lambda a: (a.shape, a.dtype), params
+  ), "params differ from nopejax.init's layout"
   tokens = _tokens()
   want = _hf_logits(model, tokens)
   assert np.abs(want).max() > 1.0  # the check below means something
@@ -130,7 +169,7 @@ def test_the_positional_mapping_is_what_parity_depends_on(tmp_path):
   tokens = _tokens()
   want = _hf_logits(model, tokens)
   for wrong in ("rope,nope", "rope,nope@sliding:4", "nope@sliding:3,rope"):
-    wrong_cfg = config_lib.model_config()
+    wrong_cfg = spec_lib.model_config()
     wrong_cfg.update(model_cfg.to_dict())
     wrong_cfg.positions = wrong
     assert _max_diff(_our_logits(wrong_cfg, params, tokens), want) > 1e-2, wrong
@@ -159,8 +198,7 @@ def test_bf16_checkpoint_loads_into_the_configured_dtype(tmp_path):
   assert bf16_cfg.param_dtype == "bfloat16"
   assert {a.dtype for a in jax.tree.leaves(bf16_params)} == {np.dtype(jnp.bfloat16)}
   # bf16 -> bf16 is exact: the same bits as the checkpoint.
-  np.testing.assert_array_equal(bf16_params["embedding"].astype(np.float32),
-                                params["embedding"])
+  np.testing.assert_array_equal(bf16_params["embedding"].astype(np.float32), params["embedding"])
 
 
 def _nopejax_model(seed=0, **overrides):
@@ -169,9 +207,19 @@ def _nopejax_model(seed=0, **overrides):
   Random rather than init's (unit norm scales and zero biases would hide mapping errors), and
   drawn in numpy from eval_shape: an eager flax init costs seconds per config.
   """
-  model_cfg = config_lib.model_config()
-  model_cfg.update(dict(vocab_size=VOCAB, d_model=32, num_layers=4, num_heads=4,
-                        num_kv_heads=2, d_ff=64, rope_theta=1000.0, norm_eps=1e-5))
+  model_cfg = spec_lib.model_config()
+  model_cfg.update(
+    dict(
+      vocab_size=VOCAB,
+      d_model=32,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=2,
+      d_ff=64,
+      rope_theta=1000.0,
+      norm_eps=1e-5,
+    )
+  )
   model_cfg.update(overrides)
   abstract = jax.eval_shape(lambda: nopejax.init(model_cfg, jax.random.key(0)))
   rng = np.random.RandomState(seed)
@@ -187,15 +235,18 @@ def _nopejax_model(seed=0, **overrides):
 
 
 SAVE_CASES = {
-    # name: (model overrides, expected architecture)
-    "smollm3_gqa_untied": (dict(positions="smollm3", tie_embeddings=False), "SmolLM3ForCausalLM"),
-    "rnope_swa_sliding_rope": (dict(positions="rnope_swa:5"), "SmolLM3ForCausalLM"),
-    "nope_first_head_dim": (dict(positions="nope,rope", head_dim=16, num_kv_heads=1),
-                            "SmolLM3ForCausalLM"),
-    "llama_with_biases": (dict(positions="rope", attn_bias=True, mlp_bias=True),
-                          "LlamaForCausalLM"),
-    "qwen3_qk_norm_sliding": (dict(positions="rope", qk_norm=True, windows="full,sliding:4"),
-                              "Qwen3ForCausalLM"),
+  # name: (model overrides, expected architecture)
+  "smollm3_gqa_untied": (dict(positions="smollm3", tie_embeddings=False), "SmolLM3ForCausalLM"),
+  "rnope_swa_sliding_rope": (dict(positions="rnope_swa:5"), "SmolLM3ForCausalLM"),
+  "nope_first_head_dim": (
+    dict(positions="nope,rope", head_dim=16, num_kv_heads=1),
+    "SmolLM3ForCausalLM",
+  ),
+  "llama_with_biases": (dict(positions="rope", attn_bias=True, mlp_bias=True), "LlamaForCausalLM"),
+  "qwen3_qk_norm_sliding": (
+    dict(positions="rope", qk_norm=True, windows="full,sliding:4"),
+    "Qwen3ForCausalLM",
+  ),
 }
 
 
@@ -213,7 +264,7 @@ def test_save_loads_in_transformers_with_the_same_logits(case, tmp_path):
   assert _max_diff(_hf_logits(model.eval(), tokens), want) < TOL
   # And back: the same function and the same params, bit for bit.
   again_cfg, again = hf.load(tmp_path)
-  assert config_lib.resolve(again_cfg).layers == config_lib.resolve(model_cfg).layers
+  assert spec_lib.resolve(again_cfg).layers == spec_lib.resolve(model_cfg).layers
   jax.tree.map(np.testing.assert_array_equal, again, params)
 
 
@@ -223,8 +274,9 @@ def test_missing_or_malformed_config_json(tmp_path):
   (tmp_path / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match="not valid JSON"):
     hf.load(tmp_path)
-  (tmp_path / "config.json").write_text(json.dumps(
-      {"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "num_hidden_layers": 2}))
+  (tmp_path / "config.json").write_text(
+    json.dumps({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "num_hidden_layers": 2})
+  )
   with pytest.raises(ValueError, match="hidden_size"):
     hf.load(tmp_path)
 
@@ -233,8 +285,14 @@ def test_unsupported_architecture_and_rope_types_are_named(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
   with pytest.raises(ValueError, match="GPT2LMHeadModel"):
     hf.load(tmp_path)
-  base = dict(architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=8,
-              intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+  base = dict(
+    architectures=["LlamaForCausalLM"],
+    vocab_size=8,
+    hidden_size=8,
+    intermediate_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+  )
   with pytest.raises(ValueError, match="rope_type='llama3'"):
     hf.model_config_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "factor": 8}})
   with pytest.raises(ValueError, match="hidden_act='gelu'"):
@@ -243,8 +301,12 @@ def test_unsupported_architecture_and_rope_types_are_named(tmp_path):
     hf.model_config_from_hf({**base, "rope_parameters": {"full_attention": {"rope_theta": 1.0}}})
   # transformers 4.x configs keep rope_theta at the top level; the class default fills a gap.
   assert hf.model_config_from_hf({**base, "rope_theta": 123.0}).rope_theta == 123.0
-  assert hf.model_config_from_hf(
-      {**base, "architectures": ["SmolLM3ForCausalLM"], "num_key_value_heads": 2}).rope_theta == 2e6
+  assert (
+    hf.model_config_from_hf(
+      {**base, "architectures": ["SmolLM3ForCausalLM"], "num_key_value_heads": 2}
+    ).rope_theta
+    == 2e6
+  )
 
 
 def _saved_tensors(tmp_path):
@@ -257,8 +319,11 @@ def test_a_tensor_with_the_wrong_shape_is_named_with_the_expected_shape(tmp_path
   tensors = _saved_tensors(tmp_path)
   tensors["model.layers.1.self_attn.k_proj.weight"] = np.zeros((8, 32), np.float32)
   st_numpy.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
-  with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight has shape "
-                     r"\(8, 32\), expected \(16, 32\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"model\.layers\.1\.self_attn\.k_proj\.weight has shape "
+    r"\(8, 32\), expected \(16, 32\)",
+  ):
     hf.load(tmp_path)
 
 
@@ -266,8 +331,11 @@ def test_a_missing_tensor_is_named_with_its_shape(tmp_path):
   tensors = _saved_tensors(tmp_path)
   del tensors["model.layers.0.mlp.up_proj.weight"]
   st_numpy.save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
-  with pytest.raises(ValueError, match=r"missing tensor model\.layers\.0\.mlp\.up_proj\.weight "
-                     r"\(expected shape \(64, 32\)\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"missing tensor model\.layers\.0\.mlp\.up_proj\.weight "
+    r"\(expected shape \(64, 32\)\)",
+  ):
     hf.load(tmp_path)
 
 
@@ -283,7 +351,9 @@ def test_unexpected_tensors_and_nonzero_output_bias_are_refused(tmp_path):
     hf.load(tmp_path)
 
 
-@pytest.mark.parametrize("overrides,key", [
+@pytest.mark.parametrize(
+  "overrides,key",
+  [
     (dict(positions="alibi"), "model.positions"),
     (dict(positions="rope,t5"), "model.positions"),
     (dict(positions="llama4:8"), "model.positions/model.windows"),
@@ -292,9 +362,10 @@ def test_unexpected_tensors_and_nonzero_output_bias_are_refused(tmp_path):
     (dict(positions="rope", rope_fraction=0.25), "model.rope_fraction"),
     (dict(positions="rope", windows="sliding:4,sliding:8"), "model.positions/model.windows"),
     (dict(positions="nope,rope", qk_norm=True), "model.qk_norm"),
-])
+  ],
+)
 def test_save_refuses_what_transformers_cannot_express(overrides, key, tmp_path):
-  model_cfg = config_lib.model_config()
+  model_cfg = spec_lib.model_config()
   model_cfg.update(overrides)
   with pytest.raises(ValueError, match=key.replace(".", r"\.")) as error:
     hf.save(tmp_path / "out", model_cfg, {})
@@ -313,8 +384,9 @@ def test_params_io_round_trip_into_numpy_and_into_an_abstract_target(tmp_path):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("fsdp",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = jax.eval_shape(lambda: nopejax.init(model_cfg, jax.random.key(0)))
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16, sharding=sharding),
-                        abstract)
+  target = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16, sharding=sharding), abstract
+  )
   restored = params_io.load_params(tmp_path / "params", target)
   assert {a.dtype for a in jax.tree.leaves(restored)} == {jnp.dtype(jnp.bfloat16)}
   assert all(a.sharding == sharding for a in jax.tree.leaves(restored))
@@ -325,8 +397,13 @@ def test_params_io_round_trip_into_numpy_and_into_an_abstract_target(tmp_path):
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "nopejax.hf", *map(str, args)], env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "nopejax.hf", *map(str, args)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_import_then_export_round_trip(tmp_path):
@@ -336,7 +413,8 @@ def test_cli_import_then_export_round_trip(tmp_path):
   result = _cli("import", f"--hf_dir={tmp_path / 'hf'}", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr
   assert json.loads((workdir / "model_config.json").read_text())["positions"] == (
-      "rope,rope,rope,nope")
+    "rope,rope,rope,nope"
+  )
   result = _cli("export", f"--workdir={workdir}", f"--out={out}")
   assert result.returncode == 0, result.stderr
   exported = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -348,7 +426,8 @@ def test_cli_bad_verb_and_missing_flags_are_one_line_errors(tmp_path):
   result = _cli("convert", "--workdir=x")
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-      "nopejax.hf: expected one verb, import or export; got 'convert'"]
+    "nopejax.hf: expected one verb, import or export; got 'convert'"
+  ]
   result = _cli("export", f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == ["nopejax.hf export: missing --out"]
@@ -362,12 +441,23 @@ def test_fine_tuning_from_imported_weights_through_the_train_command(tmp_path):
   assert _cli("import", f"--hf_dir={tmp_path / 'hf'}", f"--workdir={init}").returncode == 0
   workdir = tmp_path / "ft"
   result = subprocess.run(
-      [sys.executable, "-m", "nopejax.train", f"--config=configs/finetune.py:init_from={init},steps=2",
-       f"--workdir={workdir}", "--config.data.seq_len=32",
-       "--config.data.batch_size=2", f"--config.data.data_dir={tmp_path / 'data'}",
-       "--config.train.progress=False"],
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-      env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "nopejax.train",
+      f"--config=configs/finetune.py:init_from={init},steps=2",
+      f"--workdir={workdir}",
+      "--config.data.seq_len=32",
+      "--config.data.batch_size=2",
+      f"--config.data.data_dir={tmp_path / 'data'}",
+      "--config.train.progress=False",
+    ],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   row = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
   assert row["step"] == 2 and np.isfinite(row["loss"])  # (the first step of warmup has lr 0)

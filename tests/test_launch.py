@@ -13,8 +13,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np
 import pytest
 
-from nopejax import data as data_lib
-from nopejax import training
+from nopejax import experiment
+from nopejax.data import pipeline
+from nopejax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -23,39 +24,73 @@ from configs import tiny  # noqa: E402
 
 def bash(*args, env=None, logs=()):
   """Runs a launcher; a failure shows its stderr and the tails of `logs` (other processes')."""
-  proc = subprocess.run(["bash", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env=dict(os.environ, **(env or {})))
-  tails = "".join(f"\n--- {log}:\n{open(log).read()[-2000:]}" for log in logs
-                  if os.path.exists(log))
+  proc = subprocess.run(
+    ["bash", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, **(env or {})),
+  )
+  tails = "".join(
+    f"\n--- {log}:\n{open(log).read()[-2000:]}" for log in logs if os.path.exists(log)
+  )
   assert proc.returncode == 0, proc.stderr[-3000:] + tails
   return proc.stdout
 
 
 def test_tpu_vm_dry_run():
-  out = bash("launch/tpu_vm.sh", "--dry-run", "--name", "slice", "--zone", "us-east5-a",
-             "--type", "v5p-32", "--", "--config=configs/smollm3_3b.py", "--workdir=/mnt/run")
+  out = bash(
+    "launch/tpu_vm.sh",
+    "--dry-run",
+    "--name",
+    "slice",
+    "--zone",
+    "us-east5-a",
+    "--type",
+    "v5p-32",
+    "--",
+    "--config=configs/smollm3_3b.py",
+    "--workdir=/mnt/run",
+  )
   lines = out.strip().splitlines()
-  assert lines[0].startswith("gcloud compute tpus tpu-vm create slice --zone us-east5-a "
-                             "--accelerator-type v5p-32")
+  assert lines[0].startswith(
+    "gcloud compute tpus tpu-vm create slice --zone us-east5-a --accelerator-type v5p-32"
+  )
   assert all("--worker=all" in line for line in lines if " ssh " in line or " scp " in line)
-  assert lines[-1].endswith("-m nopejax.train --config=configs/smollm3_3b.py "
-                            "--workdir=/mnt/run '")
+  assert lines[-1].endswith("-m nopejax.train --config=configs/smollm3_3b.py --workdir=/mnt/run '")
 
 
 def test_slurm_dry_run():
-  out = bash("launch/slurm.sbatch", "--dry-run", "--config=configs/smollm3_3b.py",
-             "--workdir=/shared/run")
+  out = bash(
+    "launch/slurm.sbatch", "--dry-run", "--config=configs/smollm3_3b.py", "--workdir=/shared/run"
+  )
   assert out.startswith("srun --kill-on-bad-exit=1 --gpus-per-task=1 ")
   assert "-m nopejax.train --config=configs/smollm3_3b.py --workdir=/shared/run" in out
 
 
 def test_multiprocess_dry_run():
-  out = bash("launch/multiprocess.sh", "--dry-run", "-n", "3", "--port", "4444", "--",
-             "--config=configs/tiny.py", "--workdir=/tmp/x").strip().splitlines()
+  out = (
+    bash(
+      "launch/multiprocess.sh",
+      "--dry-run",
+      "-n",
+      "3",
+      "--port",
+      "4444",
+      "--",
+      "--config=configs/tiny.py",
+      "--workdir=/tmp/x",
+    )
+    .strip()
+    .splitlines()
+  )
   assert len(out) == 3
   for i, line in enumerate(out):
-    assert f"--coordinator_address=127.0.0.1:4444 --num_processes=3 --process_id={i} " \
-           "--config=configs/tiny.py --workdir=/tmp/x" in line
+    assert (
+      f"--coordinator_address=127.0.0.1:4444 --num_processes=3 --process_id={i} "
+      "--config=configs/tiny.py --workdir=/tmp/x" in line
+    )
 
 
 def _free_port():
@@ -64,15 +99,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
-REAL_TRAIN_ITER = data_lib.train_iter
+REAL_TRAIN_ITER = pipeline.train_iter
 
 
 class TwoShards:
   """One process reading both processes' shards: the global batch two processes would see."""
 
   def __init__(self, data_cfg, **_):
-    self.shards = [REAL_TRAIN_ITER(data_cfg, process_index=i, process_count=2)
-                   for i in range(2)]
+    self.shards = [REAL_TRAIN_ITER(data_cfg, process_index=i, process_count=2) for i in range(2)]
 
   def __next__(self):
     parts = [next(s) for s in self.shards]
@@ -89,17 +123,35 @@ class TwoShards:
 @pytest.mark.xdist_group("multiprocess")  # one gloo job at a time: they load the same 2 cores
 def test_two_processes_match_one(tmp_path, monkeypatch):
   data_dir, steps = str(tmp_path / "data"), 8
-  flags = [f"--config.data.data_dir={data_dir}", f"--config.train.steps={steps}",
-           "--config.train.log_every=1", "--config.train.eval_every=4"]
-  bash("launch/multiprocess.sh", "-n", "2", "--port", str(_free_port()), "--",
-       "--config=configs/tiny.py", f"--workdir={tmp_path / 'two'}", *flags,
-       env={"PYTHON": sys.executable}, logs=["/tmp/nopejax_process_1.log"])
-  monkeypatch.setattr(data_lib, "train_iter", TwoShards)
+  flags = [
+    f"--config.data.data_dir={data_dir}",
+    f"--config.train.steps={steps}",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=4",
+  ]
+  bash(
+    "launch/multiprocess.sh",
+    "-n",
+    "2",
+    "--port",
+    str(_free_port()),
+    "--",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path / 'two'}",
+    *flags,
+    env={"PYTHON": sys.executable},
+    logs=["/tmp/nopejax_process_1.log"],
+  )
+  monkeypatch.setattr(pipeline, "train_iter", TwoShards)
   cfg = tiny.get_config()
   cfg.data.data_dir, cfg.train.steps, cfg.train.log_every, cfg.train.eval_every = (
-      data_dir, steps, 1, 4)
-  training.run(cfg, str(tmp_path / "one"))
-  read = lambda d: [json.loads(l) for l in open(tmp_path / d / "metrics.jsonl")]
+    data_dir,
+    steps,
+    1,
+    4,
+  )
+  loop.run(experiment.resolve(cfg), str(tmp_path / "one"))
+  read = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
   two, one = read("two"), read("one")
   assert [r["step"] for r in two] == [r["step"] for r in one]
   for a, b in zip(two, one):
@@ -111,22 +163,40 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 @pytest.mark.xdist_group("multiprocess")
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_and_exits_zero(tmp_path):
   port, workdir = _free_port(), tmp_path / "run"
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "nopejax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
-       f"--config.data.data_dir={tmp_path / 'data'}", "--config.train.steps=100000",
-       "--config.train.checkpoint_every=100000", "--config.train.log_every=1",
-       "--config.train.eval_every=0", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "nopejax.train",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.train.steps=100000",
+        "--config.train.checkpoint_every=100000",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
     if time.time() > deadline or any(p.poll() is not None for p in procs):
       for p in procs:
         p.kill()
-      raise AssertionError("\n".join(f"process {i}: {p.stderr.read()[-2000:]}"
-                                     for i, p in enumerate(procs)))
+      raise AssertionError(
+        "\n".join(f"process {i}: {p.stderr.read()[-2000:]}" for i, p in enumerate(procs))
+      )
     time.sleep(0.05)
   procs[1].send_signal(signal.SIGTERM)  # the process that does not write metrics
   codes = [p.wait(timeout=120) for p in procs]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nopejax
-from nopejax import config as config_lib
+from nopejax.model import spec as config_lib
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -36,7 +36,7 @@ def jit(fn):
   return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_params(key):
   cfg = tiny(**dict(key))
   return jit(lambda rng: nopejax.init(cfg, rng))(jax.random.key(0))
@@ -48,8 +48,17 @@ def params_for(cfg):
   Windows, the attention path, remat, dtypes and the temperature leave the tree alone, and so
   does swapping one parameter-free scheme (nope, rope, alibi) for another.
   """
-  free = ("windows", "attention_impl", "remat", "dtype", "query_temperature", "block_size",
-          "rope_fraction", "rope_theta", "temperature_floor_scale")
+  free = (
+    "windows",
+    "attention_impl",
+    "remat",
+    "dtype",
+    "query_temperature",
+    "block_size",
+    "rope_fraction",
+    "rope_theta",
+    "temperature_floor_scale",
+  )
   key = {k: v for k, v in cfg.items() if k not in free and v != tiny()[k]}
   if key.get("positions", "nope") in ("rope", "alibi"):
     key.pop("positions")
@@ -63,6 +72,7 @@ def _tokens(T, B=1, seed=0, vocab=64):
 def _forward(cfg, use_jit=True):
   def fn(params, tokens, segment_ids=None, positions=None):
     return nopejax.forward(cfg, params, tokens, segment_ids=segment_ids, positions=positions)
+
   return jit(fn) if use_jit else fn
 
 
@@ -103,8 +113,13 @@ def test_causality_by_gradients(window, path):
   """One layer of every scheme, all under `window` and `path`: a future token reaching any layer
   would reach the logits, so one model per window and path covers every combination."""
   T = 12
-  cfg = tiny(positions=",".join(SCHEMES), num_layers=4, windows=window, attention_impl=path,
-             tie_embeddings=False)
+  cfg = tiny(
+    positions=",".join(SCHEMES),
+    num_layers=4,
+    windows=window,
+    attention_impl=path,
+    tie_embeddings=False,
+  )
   params = params_for(cfg)
   tokens = jax.random.permutation(jax.random.key(2), cfg.vocab_size)[:T][None]
   jac_TS = _input_jacobian_norms(cfg, params, tokens)
@@ -215,8 +230,9 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
   gqa_cfg, mha_cfg = tiny(num_kv_heads=2, **common), tiny(num_kv_heads=4, **common)
   params = params_for(gqa_cfg)
   rng = np.random.default_rng(5)
-  params = jax.tree_util.tree_map(lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32),
-                                  params)  # nonzero biases and norm scales that differ per head
+  params = jax.tree_util.tree_map(
+    lambda p: p + 0.01 * rng.standard_normal(p.shape, np.float32), params
+  )  # nonzero biases and norm scales that differ per head
 
   def repeat_kv(path, p):
     name = path[-1].key
@@ -224,10 +240,12 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
 
   mha_params = jax.tree_util.tree_map_with_path(repeat_kv, params)
   assert jax.tree_util.tree_structure(mha_params) == jax.tree_util.tree_structure(
-      jax.eval_shape(lambda: nopejax.init(mha_cfg, jax.random.key(0))))
+    jax.eval_shape(lambda: nopejax.init(mha_cfg, jax.random.key(0)))
+  )
   tokens = _tokens(12, B=2)
-  np.testing.assert_allclose(_forward(mha_cfg)(mha_params, tokens),
-                             _forward(gqa_cfg)(params, tokens), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    _forward(mha_cfg)(mha_params, tokens), _forward(gqa_cfg)(params, tokens), atol=1e-5, rtol=1e-5
+  )
 
 
 def test_bfloat16_forward_is_close_to_float32():
@@ -255,8 +273,9 @@ def test_remat_gives_the_same_loss_and_gradients(policy):
   tokens = _tokens(13, B=2)
   want = jit(jax.value_and_grad(lambda p: _loss(tiny(**common), p, tokens)))(params)
   got = jit(jax.value_and_grad(lambda p: _loss(tiny(remat=policy, **common), p, tokens)))(params)
-  jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5),
-                         got, want)
+  jax.tree_util.tree_map(
+    lambda g, w: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5), got, want
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,10 +312,10 @@ def test_param_axes_mirror_params():
   params = jax.eval_shape(lambda: nopejax.init(cfg, jax.random.key(0)))
   axes = nopejax.param_axes(cfg)
   is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
-  assert jax.tree_util.tree_structure(axes, is_leaf=is_spec) == jax.tree_util.tree_structure(
-      params)
-  for spec, p in zip(jax.tree_util.tree_leaves(axes, is_leaf=is_spec),
-                     jax.tree_util.tree_leaves(params)):
+  assert jax.tree_util.tree_structure(axes, is_leaf=is_spec) == jax.tree_util.tree_structure(params)
+  for spec, p in zip(
+    jax.tree_util.tree_leaves(axes, is_leaf=is_spec), jax.tree_util.tree_leaves(params)
+  ):
     assert len(spec) == p.ndim
   assert tuple(axes["layers"]["block_0"]["attn"]["q"]) == ("layers", "embed", "heads", "head_dim")
 
@@ -306,7 +325,9 @@ def test_param_axes_mirror_params():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides,key", [
+@pytest.mark.parametrize(
+  "overrides,key",
+  [
     (dict(positions="rope,sinusoid"), "model.positions"),
     (dict(windows="sliding"), "model.windows"),
     (dict(windows="window:4"), "model.windows"),
@@ -327,7 +348,8 @@ def test_param_axes_mirror_params():
     (dict(dtype="fp16"), "model.dtype"),
     (dict(attention_impl="flash"), "model.attention_impl"),
     (dict(remat="some"), "model.remat"),
-])
+  ],
+)
 def test_config_mistakes_fail_in_resolve(overrides, key):
   with pytest.raises(ValueError) as err:
     config_lib.resolve(tiny(**overrides))
@@ -339,8 +361,7 @@ def test_head_dim_may_be_given_when_d_model_does_not_divide():
   spec = config_lib.resolve(tiny(d_model=30, num_heads=4, head_dim=8, positions="rope"))
   assert spec.head_dim == 8 and spec.rope_dim == 8
   params = params_for(tiny(d_model=30, num_heads=4, head_dim=8))
-  assert _forward(tiny(d_model=30, num_heads=4, head_dim=8))(params, _tokens(5)).shape == (
-      1, 5, 64)
+  assert _forward(tiny(d_model=30, num_heads=4, head_dim=8))(params, _tokens(5)).shape == (1, 5, 64)
 
 
 @pytest.mark.parametrize("bad", [64, -1])

@@ -13,20 +13,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Commands that cannot run here as written, and the test that runs their code path instead.
 COVERED_ELSEWHERE = {
-    "bash launch/demo.sh": "tests/test_sweep.py::test_demo_launcher_runs_a_tiny_sweep_end_to_end",
-    "bash launch/test.sh": ".ci/run",
-    "bash launch/tpu_vm.sh": "tests/test_launch.py::test_tpu_vm_dry_run",
-    "sbatch --nodes=2 launch/slurm.sbatch": "tests/test_launch.py::test_slurm_dry_run",
-    "bash launch/multiprocess.sh": "tests/test_launch.py::test_two_processes_match_one",
-    "bash launch/bench_gpu.sh": "tests/test_bench.py::test_bench_gpu_dry_run_prints_the_bench_command",
-    "python -m nopejax.hf import": "tests/test_hf.py::test_cli_import_then_export_round_trip",
-    "python -m nopejax.hf export": "tests/test_hf.py::test_cli_import_then_export_round_trip",
-    "python -m nopejax.train --config=configs/smollm3_3b.py":
-        "tests/test_aot.py::test_tiny_compiles_for_v5e_and_fits",
-    "python -m nopejax.train --config=configs/finetune.py":
-        "tests/test_hf.py::test_fine_tuning_from_imported_weights_through_the_train_command",
-    "python -m nopejax.bench --config=configs/bench_cpu.py":
-        "tests/test_bench.py::test_compare_torch_reports_both_and_the_ratio",
+  "bash launch/demo.sh": "tests/test_sweep.py::test_demo_launcher_runs_a_tiny_sweep_end_to_end",
+  "bash launch/test.sh": ".ci/run",
+  "bash launch/tpu_vm.sh": "tests/test_launch.py::test_tpu_vm_dry_run",
+  "sbatch --nodes=2 launch/slurm.sbatch": "tests/test_launch.py::test_slurm_dry_run",
+  "bash launch/multiprocess.sh": "tests/test_launch.py::test_two_processes_match_one",
+  "bash launch/bench_gpu.sh": (
+    "tests/test_bench.py::test_bench_gpu_dry_run_prints_the_bench_command"
+  ),
+  "python -m nopejax.hf import": "tests/test_hf.py::test_cli_import_then_export_round_trip",
+  "python -m nopejax.hf export": "tests/test_hf.py::test_cli_import_then_export_round_trip",
+  "python -m nopejax.train --config=configs/smollm3_3b.py": (
+    "tests/test_aot.py::test_tiny_compiles_for_v5e_and_fits"
+  ),
+  "python -m nopejax.train --config=configs/finetune.py": (
+    "tests/test_hf.py::test_fine_tuning_from_imported_weights_through_the_train_command"
+  ),
+  "python -m nopejax.bench --config=configs/bench_cpu.py": (
+    "tests/test_bench.py::test_compare_torch_reports_both_and_the_ratio"
+  ),
 }
 # Configs with a `runlocal` variant: the README's runs of them are shrunk to seconds here.
 RUNLOCAL = ("configs/text.py", "configs/lengthgen.py")
@@ -48,8 +53,14 @@ def readme_commands():
 
 
 def _covered(command):
-  return next((test for prefix, test in COVERED_ELSEWHERE.items()
-               if command.replace("JAX_PLATFORMS=cpu ", "").startswith(prefix)), None)
+  return next(
+    (
+      test
+      for prefix, test in COVERED_ELSEWHERE.items()
+      if command.replace("JAX_PLATFORMS=cpu ", "").startswith(prefix)
+    ),
+    None,
+  )
 
 
 def test_every_readme_command_is_run_somewhere():
@@ -72,11 +83,15 @@ def _localize(command, tmp_path):
   """Paths into tmp_path; runlocal for the configs that have it."""
   command = command.replace("JAX_PLATFORMS=cpu ", "")
   command = command.replace("/tmp/", f"{tmp_path}/").replace("runs/", f"{tmp_path}/runs/")
-  command = command.replace("docs/results/", f"{tmp_path}/docs/results/")  # never the committed ones
+  command = command.replace(
+    "docs/results/", f"{tmp_path}/docs/results/"
+  )  # never the committed ones
   for config in RUNLOCAL:
-    command = re.sub(re.escape(config) + r"(:(\S*))?",
-                     lambda m: f"{config}:{m.group(2) + ',' if m.group(2) else ''}runlocal",
-                     command)
+    command = re.sub(
+      re.escape(config) + r"(:(\S*))?",
+      lambda m, config=config: f"{config}:{m.group(2) + ',' if m.group(2) else ''}runlocal",
+      command,
+    )
   return shlex.split(command)
 
 
@@ -87,8 +102,9 @@ def _run_section(section, tmp_path):
   for command in commands:
     argv = _localize(command, tmp_path)
     assert argv[:2] == ["python", "-m"], command
-    proc = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+      [sys.executable, *argv[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr[-3000:]}"
 
 

@@ -10,10 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
 
-from nopejax import report
+from nopejax.eval import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SPEC = importlib.util.spec_from_file_location("lengthgen", os.path.join(ROOT, "configs/lengthgen.py"))
+_SPEC = importlib.util.spec_from_file_location(
+  "lengthgen", os.path.join(ROOT, "configs/lengthgen.py")
+)
 lengthgen = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(lengthgen)
 
@@ -25,14 +27,19 @@ def test_ranks_share_the_best_rank_on_ties():
 def test_mrr_by_hand():
   # Two (task, seed) groups with training length 2: lengths 3 and 4 are beyond it.
   def res(task, ood_em, ood_tok):
-    return {task: {"1": {"exact_match": 1.0, "token_accuracy": 1.0},
-                   "3": {"exact_match": ood_em, "token_accuracy": ood_tok},
-                   "4": {"exact_match": ood_em, "token_accuracy": ood_tok}}}
+    return {
+      task: {
+        "1": {"exact_match": 1.0, "token_accuracy": 1.0},
+        "3": {"exact_match": ood_em, "token_accuracy": ood_tok},
+        "4": {"exact_match": ood_em, "token_accuracy": ood_tok},
+      }
+    }
+
   runs = {
-      "scheme=nope,task=copy,seed=0": res("copy", 0.0, 0.9),
-      "scheme=rope,task=copy,seed=0": res("copy", 0.0, 0.3),
-      "scheme=nope,task=copy,seed=1": res("copy", 0.5, 0.2),
-      "scheme=rope,task=copy,seed=1": res("copy", 0.0, 0.4),
+    "scheme=nope,task=copy,seed=0": res("copy", 0.0, 0.9),
+    "scheme=rope,task=copy,seed=0": res("copy", 0.0, 0.3),
+    "scheme=nope,task=copy,seed=1": res("copy", 0.5, 0.2),
+    "scheme=rope,task=copy,seed=1": res("copy", 0.0, 0.4),
   }
   means, mrr = report.summarize(runs, {"copy": 2})
   assert mrr["nope"] == {"exact_match": 1.0, "token_accuracy": 0.75}  # ranks 1,1 and 1,2
@@ -44,8 +51,12 @@ def test_mrr_by_hand():
 
 
 def _results(task, iid_em, ood_tok):
-  return {task: {"1": {"exact_match": iid_em, "token_accuracy": 1.0},
-                 "3": {"exact_match": 0.0, "token_accuracy": ood_tok}}}
+  return {
+    task: {
+      "1": {"exact_match": iid_em, "token_accuracy": 1.0},
+      "3": {"exact_match": 0.0, "token_accuracy": ood_tok},
+    }
+  }
 
 
 def _write_run(sweep_dir, name, results):
@@ -55,8 +66,9 @@ def _write_run(sweep_dir, name, results):
   cfg = lengthgen.get_config(name)
   cfg.data.train_length = 2
   (run_dir / "config.json").write_text(cfg.to_json())
-  (run_dir / "metrics.jsonl").write_text('{"step": 100, "step_s": 0.5}\n{"step": 100, "val_loss": 1}\n'
-                                         '{"step": 300, "step_s": 1.0}\n')
+  (run_dir / "metrics.jsonl").write_text(
+    '{"step": 100, "step_s": 0.5}\n{"step": 100, "val_loss": 1}\n{"step": 300, "step_s": 1.0}\n'
+  )
   (run_dir / "eval" / "evaluated.json").write_text('{"step": 300, "eval": {}, "seconds": 30}')
 
 
@@ -87,8 +99,13 @@ def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tm
 
 
 def test_report_without_evaluated_runs_says_so(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "nopejax.report", f"--sweep={tmp_path}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "nopejax.report", f"--sweep={tmp_path}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 1 and "no evaluated runs" in proc.stderr
 
 
@@ -96,20 +113,28 @@ def test_smoke_sweep_runs_evaluates_and_reports(tmp_path):
   """configs/lengthgen.py:runlocal: the paper's five schemes, seconds each, then the report."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
   sweep_dir = tmp_path / "sweep"
-  run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
-                                     capture_output=True, text=True, timeout=900)
+  run = lambda *args: subprocess.run(
+    [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
   proc = run("nopejax.sweep", "--config=configs/lengthgen.py:runlocal", f"--workdir={sweep_dir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run("nopejax.report", f"--sweep={sweep_dir}", f"--out={tmp_path / 'report.md'}",
-             f"--plot={tmp_path / 'report.png'}")
+  proc = run(
+    "nopejax.report",
+    f"--sweep={sweep_dir}",
+    f"--out={tmp_path / 'report.md'}",
+    f"--plot={tmp_path / 'report.png'}",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / "report.png").stat().st_size > 10_000
   for scheme in ("nope", "t5", "alibi", "rope", "abs"):
     assert f"| {scheme} |" in proc.stdout
   assert (tmp_path / "report.md").read_text().startswith("The paper's five schemes ranked")
   # Each run was evaluated as it finished; a second sweep call reuses those evaluations.
-  cached = [sweep_dir / name / "eval" / "results.json" for name in os.listdir(sweep_dir)
-            if name.startswith("scheme=")]
+  cached = [
+    sweep_dir / name / "eval" / "results.json"
+    for name in os.listdir(sweep_dir)
+    if name.startswith("scheme=")
+  ]
   assert len(cached) == 5 and all(p.with_name("evaluated.json").exists() for p in cached)
   mtimes = [p.stat().st_mtime_ns for p in cached]
   proc = run("nopejax.sweep", "--config=configs/lengthgen.py:runlocal", f"--workdir={sweep_dir}")

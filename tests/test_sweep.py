@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
 
-from nopejax import sweep
+from nopejax.tools import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,8 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_expand_names_runs_by_their_overrides():
   module, arg = sweep.load_config_module(os.path.join(ROOT, "configs/demo.py") + ":steps=7")
   runs = sweep.expand(module, arg)
-  assert [name for name, *_ in runs] == [
-      "positions=rope", "positions=nope", "positions=smollm3"]
+  assert [name for name, *_ in runs] == ["positions=rope", "positions=nope", "positions=smollm3"]
   assert [cfg.model.positions for _, _, cfg, _ in runs] == ["rope", "nope", "smollm3"]
   assert all(cfg.train.steps == 7 for _, _, cfg, _ in runs)
 
@@ -31,15 +30,23 @@ def test_arg_level_sweeps_rebuild_the_config():
   cfg, run_arg = by_name["scheme=rope,task=addition,seed=2"]
   assert run_arg == "scheme=rope,task=addition,seed=2"
   assert (cfg.model.positions, cfg.model.rope_fraction, cfg.data.tasks, cfg.train.seed) == (
-      "rope", 0.25, "addition", 2)
+    "rope",
+    0.25,
+    "addition",
+    2,
+  )
   cfg, _ = by_name["scheme=abs,task=copy,seed=0"]
   assert (cfg.model.positions, cfg.model.input_positions) == ("nope", "sinusoidal")
   assert {cfg.train.seed for _, _, cfg, _ in runs[:30]} == {0}  # seed-major
-  assert (by_name["scheme=nope,task=parity,seed=0"][0].data.seq_len,
-          by_name["scheme=nope,task=summation,seed=0"][0].data.seq_len) == (33, 23)
+  assert (
+    by_name["scheme=nope,task=parity,seed=0"][0].data.seq_len,
+    by_name["scheme=nope,task=summation,seed=0"][0].data.seq_len,
+  ) == (33, 23)
   narrow = sweep.expand(module, "schemes=nope+llama4,seeds=1")
-  assert [n for n, *_ in narrow[:2]] == ["scheme=nope,task=copy,seed=0",
-                                         "scheme=llama4,task=copy,seed=0"]
+  assert [n for n, *_ in narrow[:2]] == [
+    "scheme=nope,task=copy,seed=0",
+    "scheme=llama4,task=copy,seed=0",
+  ]
   assert len(narrow) == 12
   later = sweep.expand(module, "schemes=nope,tasks=copy,seeds=2,first_seed=1")
   assert [n for n, *_ in later] == ["scheme=nope,task=copy,seed=1", "scheme=nope,task=copy,seed=2"]
@@ -50,39 +57,61 @@ def test_arg_level_sweeps_rebuild_the_config():
     sweep.expand(module, "schemes=fope")
   with pytest.raises(ValueError, match="config arg tasks: unknown revrse; known: .*reverse"):
     sweep.expand(module, "tasks=copy+revrse")
-  with pytest.raises(ValueError, match="config arg task: names one run's task; a sweep takes "
-                     "tasks=A[+]B"):
+  with pytest.raises(
+    ValueError, match="config arg task: names one run's task; a sweep takes tasks=A[+]B"
+  ):
     sweep.expand(module, "task=sort,runlocal")
   smoke = sweep.expand(module, "tasks=reverse+copy,seeds=3,runlocal")  # seed 0, first task
-  assert [n for n, *_ in smoke] == [f"scheme={s},task=reverse,seed=0"
-                                    for s in ("nope", "t5", "alibi", "rope", "abs")]
+  assert [n for n, *_ in smoke] == [
+    f"scheme={s},task=reverse,seed=0" for s in ("nope", "t5", "alibi", "rope", "abs")
+  ]
   hybrids = sweep.expand(module, "hybrids")
   assert {c.model.positions for _, _, c, _ in hybrids} == {
-      "smollm3", "alternate", "rnope_swa:16", "llama4:16"}
+    "smollm3",
+    "alternate",
+    "rnope_swa:16",
+    "llama4:16",
+  }
 
 
 def test_lengthgen_rows_fit_each_task_exactly():
   """SEQ_LEN is each task's longest training document (minus one): no overflow, no waste."""
   import random
-  from nopejax import tasks
+
+  from nopejax.data import tasks
+
   module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/lengthgen.py"))
   for name, seq_len in module.SEQ_LEN.items():
     task, rng = tasks.TASKS[name], random.Random(0)
-    longest = max(len(e.prompt.split()) + len(e.answer.split()) + 1
-                  for e in (task.make(rng, task.train_length) for _ in range(3000)))
+    longest = max(
+      len(e.prompt.split()) + len(e.answer.split()) + 1
+      for e in (task.make(rng, task.train_length) for _ in range(3000))
+    )
     assert seq_len == longest, name
 
 
 def test_print_launcher():
   proc = subprocess.run(
-      [sys.executable, "-m", "nopejax.sweep", "--config=configs/tiny.py", "--workdir=/tmp/s",
-       "--launcher=print"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "nopejax.sweep",
+      "--config=configs/tiny.py",
+      "--workdir=/tmp/s",
+      "--launcher=print",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.splitlines() == [
-      "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=nope "
-      "--config.model.positions=nope",
-      "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=rope "
-      "--config.model.positions=rope"]
+    "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=nope "
+    "--config.model.positions=nope",
+    "python -m nopejax.train --config=configs/tiny.py --workdir=/tmp/s/positions=rope "
+    "--config.model.positions=rope",
+  ]
 
 
 def test_demo_launcher_runs_a_tiny_sweep_end_to_end(tmp_path):
@@ -100,8 +129,9 @@ def test_demo_launcher_runs_a_tiny_sweep_end_to_end(tmp_path):
   assert (workdir / "eval" / "accuracy.png").stat().st_size > 10_000
   assert (workdir / "summary.md").exists()
   # A second call skips the finished runs instead of training again.
-  proc = subprocess.run(cmd + ["--noevaluate"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=900)
+  proc = subprocess.run(
+    cmd + ["--noevaluate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
   assert proc.returncode == 0 and proc.stdout.count("finished, skipping") == 2
 
 
@@ -109,12 +139,20 @@ def test_sigterm_stops_the_sweep_and_a_rerun_resumes(tmp_path):
   """Preemption saves the current run and ends the sweep; the next call resumes that run."""
   import signal
   import time
+
   workdir = tmp_path / "sweep"
   env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
-  cmd = [sys.executable, "-m", "nopejax.sweep", "--config=configs/tiny.py:steps=100000",
-         f"--workdir={workdir}", "--noevaluate"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  cmd = [
+    sys.executable,
+    "-m",
+    "nopejax.sweep",
+    "--config=configs/tiny.py:steps=100000",
+    f"--workdir={workdir}",
+    "--noevaluate",
+  ]
+  proc = subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   metrics = workdir / "positions=nope" / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and metrics.read_text().strip()):
@@ -133,19 +171,25 @@ def test_sigterm_while_a_finished_run_is_evaluated_stops_the_sweep(tmp_path):
   workdir = tmp_path / "sweep"
   env = dict(os.environ, JAX_PLATFORMS="cpu", NOPEJAX_DATA_DIR=str(tmp_path / "data"))
   script = (
-      "import os, signal, sys\n"
-      "from absl import app\n"
-      "from nopejax import evaluation, sweep\n"
-      "evaluate = evaluation.evaluate_runs\n"
-      "def evaluate_after_term(*args, **kwargs):\n"
-      "  os.kill(os.getpid(), signal.SIGTERM)\n"
-      "  return evaluate(*args, **kwargs)\n"
-      "evaluation.evaluate_runs = evaluate_after_term\n"
-      "sweep.define_flags()\n"
-      "sys.argv = ['sweep', '--config=configs/tiny.py:steps=4', '--workdir=' + sys.argv[1]]\n"
-      "app.run(sweep.main)\n")
-  proc = subprocess.run([sys.executable, "-c", script, str(workdir)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+    "import os, signal, sys\n"
+    "from nopejax.eval import runner\n"
+    "from nopejax.tools import sweep\n"
+    "evaluate = runner.evaluate_runs\n"
+    "def evaluate_after_term(*args, **kwargs):\n"
+    "  os.kill(os.getpid(), signal.SIGTERM)\n"
+    "  return evaluate(*args, **kwargs)\n"
+    "runner.evaluate_runs = evaluate_after_term\n"
+    "runs = sweep.expand(*sweep.load_config_module('configs/tiny.py:steps=4'))\n"
+    "sweep.run_local(runs, sys.argv[1])\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", script, str(workdir)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "positions=rope: stopped by SIGTERM before this run" in proc.stdout
   assert not (workdir / "positions=rope").exists()
@@ -156,11 +200,17 @@ def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
   module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/text.py"))
   runs = sweep.expand(module, "passkey_from=runs/text")
   assert [cfg.train.init_from for _, _, cfg, _ in runs] == [
-      "runs/text/positions=rope", "runs/text/positions=nope", "runs/text/positions=smollm3",
-      "runs/text/positions=rnope_swa:128"]
+    "runs/text/positions=rope",
+    "runs/text/positions=nope",
+    "runs/text/positions=smollm3",
+    "runs/text/positions=rnope_swa:128",
+  ]
   cfg = runs[0][2]
   assert (cfg.data.kind, tuple(cfg.data.passkey_train_lengths), cfg.eval.kinds) == (
-      "passkey", (256, 512), "passkey")
+    "passkey",
+    (256, 512),
+    "passkey",
+  )
   assert max(cfg.data.passkey_lengths) == 4096 and cfg.data.seq_len == 512
   assert sweep.expand(module, "")[0][2].train.init_from == ""  # the LM stage starts fresh
   half = sweep.expand(module, "passkey_from=runs/text,patterns=smollm3+rnope_swa:128")

@@ -1,0 +1,1 @@
+"""Evaluation: one module per kind (tasks, lm, passkey), outputs and plots, the sweep report."""

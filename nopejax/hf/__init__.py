@@ -1,0 +1,85 @@
+"""Hugging Face interop: SmolLM3 and Llama-family checkpoints in and out, with logit parity.
+
+    python -m nopejax.hf import --hf_dir=DIR --workdir=WORKDIR  # WORKDIR/params/, model_config.json
+    python -m nopejax.hf export --workdir=WORKDIR --out=DIR     # config.json + model.safetensors
+
+Layer semantics follow transformers 5.x (SmolLM3ForCausalLM, LlamaForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM). Mapping choices:
+- SmolLM3 `no_rope_layers[i] == 1` means layer i USES RoPE; 0 is a NoPE layer.
+- A layer is sliding when `layer_types[i] == "sliding_attention"` (that is what picks its mask).
+  transformers' sliding mask keeps key j for query i when `j > i - sliding_window`, so the query
+  sees `sliding_window` tokens including itself: exactly our `sliding:W`, W unchanged.
+- Only default RoPE maps onto `model.rope_theta`; other rope types are refused.
+- Llama/SmolLM3/Qwen3 `attention_bias` also puts a bias on o_proj, which nopejax lacks: it loads
+  only when that bias is zero, and save writes a zero one.
+- Save writes Llama when every layer is full-attention RoPE (the architecture every downstream
+  tool reads), Qwen3 when model.qk_norm, and SmolLM3 otherwise (NoPE layers or sliding windows:
+  its explicit no_rope_layers and layer_types express any such per-layer mix).
+
+Checkpoints are read from safetensors headers and raw bytes (bf16 via ml_dtypes): never pickle,
+never torch. Params come back as host numpy arrays in the param dtype, laid out like
+`nopejax.init` (layer i at params['layers'][f'block_{i % P}'][..., i // P]).
+"""
+
+import json
+import os
+import shutil
+
+from nopejax.hf.config import ARCHITECTURES, check_expressible, hf_config, model_config_from_hf
+from nopejax.hf.weights import load, save
+from nopejax.model import spec as spec_lib
+from nopejax.train import params_io
+
+__all__ = [
+  "load",
+  "save",
+  "import_to_workdir",
+  "workdir_model_config",
+  "export_from_workdir",
+  "model_config_from_hf",
+  "check_expressible",
+  "hf_config",
+  "ARCHITECTURES",
+]
+
+
+# -------------------------------------------------------------------------------- workdirs
+
+
+def import_to_workdir(hf_dir, workdir, *, dtype="float32", force=False):
+  """HF directory -> WORKDIR/params/ (orbax) and WORKDIR/model_config.json."""
+  model_cfg, params = load(hf_dir, dtype=dtype)
+  os.makedirs(workdir, exist_ok=True)
+  params_io.save_params(os.path.join(workdir, "params"), params, force=force)
+  with open(os.path.join(workdir, "model_config.json"), "w") as f:
+    json.dump(model_cfg.to_dict(), f, indent=2)
+  # The tokenizer travels with the weights, so fine-tuning can use `hf:WORKDIR/tokenizer.json`.
+  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
+  return model_cfg
+
+
+def workdir_model_config(workdir):
+  """The `model` group of WORKDIR/config.json (written by training), else model_config.json."""
+  full = os.path.join(workdir, "config.json")
+  if os.path.isfile(full):
+    with open(full) as f:
+      group = json.load(f).get("model")
+    if not isinstance(group, dict):
+      raise ValueError(f"{full}: no `model` group")
+  else:
+    path = os.path.join(workdir, "model_config.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{workdir}: neither config.json nor model_config.json")
+    with open(path) as f:
+      group = json.load(f)
+  model_cfg = spec_lib.model_config()
+  model_cfg.update(group)
+  return model_cfg
+
+
+def export_from_workdir(workdir, out):
+  """WORKDIR's model config and params/ -> an HF directory at `out`."""
+  model_cfg = workdir_model_config(workdir)
+  save(out, model_cfg, params_io.load_params(os.path.join(workdir, "params")))
+  return model_cfg

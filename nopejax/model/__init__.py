@@ -1,0 +1,1 @@
+"""The model: layer patterns, positional schemes, attention paths, KV cache, decoder, generation."""

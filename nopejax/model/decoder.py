@@ -1,0 +1,254 @@
+"""The decoder: pre-norm blocks whose positional scheme and window are static per layer.
+
+Layers are grouped into the pattern's repeating period (`spec.period`) and `nn.scan`ned over its
+repeats, so compile time depends on the period, not the depth. Parameters carry logical axis
+names for sharding; `init` returns them unboxed as a plain nested dict.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from nopejax.model import attention, kv_cache
+from nopejax.model import spec as spec_lib
+from nopejax.model.ops import dense, fan_in, lookup, param
+from nopejax.model.schemes import SCHEMES, absolute
+
+REMAT = {
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@functools.cache
+def _log_path(layer_indices, layer, impl):
+  """Logs each layer type's attention path once per process (traces repeat under jvp/remat)."""
+  logging.info(
+    "attention: layers %s (%s) use the %s path", ",".join(map(str, layer_indices)), layer, impl
+  )
+
+
+def _splash_partition():
+  """(batch, kv-head) mesh axes for splash's shard_map inside a mesh; None outside one."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return None
+  batch, heads = nn.logical_to_mesh_axes(("batch", "kv_heads"))
+  return batch, heads
+
+
+class RMSNorm(nn.Module):
+  spec: spec_lib.ModelSpec
+  axis: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = param(
+      self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis,), self.spec.param_dtype
+    )
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.spec.norm_eps)
+    scale_1D = scale.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))  # no implicit rank
+    return (x32 * scale_1D).astype(self.spec.dtype)
+
+
+class Attention(nn.Module):
+  spec: spec_lib.ModelSpec
+  layer: object  # patterns.LayerType
+  cache_len: int = 0  # > 0: decoding through a 'cache' collection sized for this many tokens
+
+  def _proj(self, name, x_BTD, heads, axis):
+    s = self.spec
+    w_DNH = param(
+      self,
+      name,
+      fan_in(0),
+      (s.d_model, heads, s.head_dim),
+      ("embed", axis, "head_dim"),
+      s.param_dtype,
+    )
+    y_BTNH = dense(x_BTD, w_DNH.astype(s.dtype))  # BTD,DNH->BTNH
+    if s.attn_bias:
+      b_NH = param(
+        self,
+        name + "_bias",
+        nn.initializers.zeros,
+        (heads, s.head_dim),
+        (axis, "head_dim"),
+        s.param_dtype,
+      )
+      y_BTNH += b_NH.astype(s.dtype)[None, None]
+    return y_BTNH
+
+  def _cached(self, k_BTKH, v_BTKH, keys):
+    """Stores this call's keys in the layer's cache; returns what to attend to (kv_cache.py)."""
+    s = self.spec
+    fresh = not self.has_variable("cache", "k")
+    empty = kv_cache.empty(
+      k_BTKH.shape[0],
+      kv_cache.slots(self.layer, self.cache_len),
+      s.num_kv_heads,
+      s.head_dim,
+      s.dtype,
+    )
+    cache = {n: self.variable("cache", n, lambda x=x: x) for n, x in empty.items()}
+    k_BSKH, v_BSKH, keys, stored = kv_cache.attend_and_store(
+      {n: c.value for n, c in cache.items()}, k_BTKH, v_BTKH, keys, fresh=fresh
+    )
+    for n, c in cache.items():
+      c.value = stored[n]
+    return k_BSKH, v_BSKH, keys
+
+  @nn.compact
+  def __call__(self, x_BTD, keys):
+    s, layer = self.spec, self.layer
+    q_BTNH = self._proj("q", x_BTD, s.num_heads, "heads")
+    k_BSKH = self._proj("k", x_BTD, s.num_kv_heads, "kv_heads")
+    v_BSKH = self._proj("v", x_BTD, s.num_kv_heads, "kv_heads")
+    if s.qk_norm:
+      q_BTNH = RMSNorm(s, "head_dim", name="q_norm")(q_BTNH)
+      k_BSKH = RMSNorm(s, "head_dim", name="k_norm")(k_BSKH)
+    scheme = SCHEMES[layer.scheme]
+    q_BTNH, k_BSKH = scheme.queries_keys(self, s, q_BTNH, k_BSKH, keys)
+    q_BTNH = q_BTNH * s.head_dim**-0.5
+    if self.cache_len:
+      k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys)
+    bias_fn = scheme.bias_fn(self, s)
+    impl = attention.choose(
+      s.attention_impl,
+      has_bias=bias_fn is not None,
+      length=x_BTD.shape[1],
+      blockwise_above=s.blockwise_above,
+      head_dim=s.head_dim,
+      dtype=s.dtype,
+      key_length=k_BSKH.shape[1],
+    )
+    _log_path(tuple(i for i, t in enumerate(s.layers) if t == layer), str(layer), impl)
+    path = attention.PATHS[impl]
+    if impl == "blockwise":
+      path = functools.partial(path, block_size=s.block_size)
+    elif impl == "splash":
+      path = functools.partial(path, block_size=s.block_size, partition=_splash_partition())
+    out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
+    w_NHD = param(
+      self,
+      "o",
+      fan_in(0, 1),
+      (s.num_heads, s.head_dim, s.d_model),
+      ("heads", "head_dim", "embed"),
+      s.param_dtype,
+    )
+    return dense(out_BTNH.astype(s.dtype), w_NHD.astype(s.dtype), 2)  # BTNH,NHD->BTD
+
+
+class MLP(nn.Module):
+  spec: spec_lib.ModelSpec
+
+  def _dense(self, name, x, shape, axes):
+    s = self.spec
+    w = param(self, name, fan_in(0), shape, axes, s.param_dtype)
+    y = dense(x, w.astype(s.dtype))
+    if s.mlp_bias:
+      y += param(
+        self, name + "_bias", nn.initializers.zeros, shape[-1:], axes[-1:], s.param_dtype
+      ).astype(s.dtype)[None, None]
+    return y
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    s = self.spec
+    gate_BTF = self._dense("gate", x_BTD, (s.d_model, s.d_ff), ("embed", "mlp"))  # BTD,DF->BTF
+    up_BTF = self._dense("up", x_BTD, (s.d_model, s.d_ff), ("embed", "mlp"))  # BTD,DF->BTF
+    h_BTF = nn.silu(gate_BTF) * up_BTF
+    h_BTF = nn.with_logical_constraint(h_BTF, ("batch", "length", "mlp"))
+    return self._dense("down", h_BTF, (s.d_ff, s.d_model), ("mlp", "embed"))  # BTF,FD->BTD
+
+
+class Block(nn.Module):
+  spec: spec_lib.ModelSpec
+  layer: object
+  cache_len: int = 0
+
+  @nn.compact
+  def __call__(self, x_BTD, context):
+    idx_T, pos_BT, seg_BT = context
+    window = attention.Window(self.layer.window, self.layer.window_size)
+    keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window)
+    h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
+    x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys)
+    h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
+    x_BTD += MLP(self.spec, name="mlp")(h_BTD)
+    return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+
+
+class Period(nn.Module):
+  """One repeat of the layer pattern: a Block per LayerType of the period, each static."""
+
+  spec: spec_lib.ModelSpec
+  cache_len: int = 0
+
+  @nn.compact
+  def __call__(self, x_BTD, context):
+    for i, layer in enumerate(self.spec.period):
+      x_BTD = Block(self.spec, layer, self.cache_len, name=f"block_{i}")(x_BTD, context)
+    return x_BTD, None
+
+
+class Decoder(nn.Module):
+  spec: spec_lib.ModelSpec
+  cache_len: int = 0  # > 0: decoding with a KV cache (generate.py); 0: the plain forward pass
+
+  @nn.compact
+  def __call__(self, tokens_BT, positions_BT, segment_ids_BT, indices_T=None):
+    """indices_T: the tokens' indices in the sequence (default 0..T-1; decoding steps go on)."""
+    s = self.spec
+    embedding_VD = param(
+      self,
+      "embedding",
+      nn.initializers.normal(s.d_model**-0.5),
+      (s.vocab_size, s.d_model),
+      ("vocab", "embed"),
+      s.param_dtype,
+    )
+    x_BTD = lookup(embedding_VD, tokens_BT).astype(s.dtype)
+    if s.input_positions == "learned":
+      table_LD = param(
+        self,
+        "pos_embedding",
+        nn.initializers.normal(0.02),
+        (s.max_len, s.d_model),
+        ("length", "embed"),
+        s.param_dtype,
+      )
+      x_BTD += lookup(table_LD, positions_BT).astype(s.dtype)
+    elif s.input_positions == "sinusoidal":
+      x_BTD += absolute.sinusoidal(positions_BT, s.d_model).astype(s.dtype)
+    x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
+
+    period = Period
+    if s.remat != "none":
+      period = nn.remat(Period, policy=REMAT[s.remat], prevent_cse=False)
+    if indices_T is None:
+      indices_T = jnp.arange(tokens_BT.shape[1], dtype=jnp.int32)
+    context = (indices_T, positions_BT, segment_ids_BT)
+    x_BTD, _ = nn.scan(
+      period,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True},
+      in_axes=nn.broadcast,
+      length=s.repeats,
+      unroll=min(s.scan_unroll, s.repeats),
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )(s, self.cache_len, name="layers")(x_BTD, context)
+
+    x_BTD = RMSNorm(s, name="final_norm")(x_BTD)
+    if s.tie_embeddings:
+      head_DV = embedding_VD.T
+    else:
+      head_DV = param(
+        self, "lm_head", fan_in(0), (s.d_model, s.vocab_size), ("embed", "vocab"), s.param_dtype
+      )
+    logits_BTV = dense(x_BTD, head_DV.astype(s.dtype))  # BTD,DV->BTV
+    return logits_BTV.astype(jnp.float32)

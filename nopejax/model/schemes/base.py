@@ -1,0 +1,31 @@
+"""The interface of a positional scheme: what one layer token (`model.positions`) does.
+
+A scheme is a frozen, hashable value picked per layer before tracing. It can rotate queries and
+keys (`queries_keys`, RoPE-like schemes) and add a bias to the logits (`bias_fn`, ALiBi-like
+schemes); the base class does neither, so a layer of a scheme that overrides nothing compiles to
+no positional ops at all. Attention calls only these two hooks: adding a scheme is a module here
+and an entry in `SCHEMES` (schemes/__init__.py), with no edit to the attention code.
+
+Letter legend (used in every module): B batch, T query length, S key length, D model width,
+N query heads, K key/value heads, G query heads per kv head, H head dim, F MLP width, V vocab,
+R rotary frequencies, U bias buckets.
+"""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+  name: str
+  rotary: bool = False  # rotates `spec.rope_dim` dims (model.rope_fraction is validated for it)
+  has_bias: bool = False  # returns a bias_fn: paths that take no bias are not chosen for it
+
+  def queries_keys(self, module, spec, q_BTNH, k_BSKH, keys):
+    """Queries and keys after the scheme (before the softmax scale); `module` owns any params."""
+    del module, spec, keys
+    return q_BTNH, k_BSKH
+
+  def bias_fn(self, module, spec):
+    """None, or `bias_fn(q_pos_BT, k_pos_BS) -> [B, N, T, S]` float32 added to the logits."""
+    del module, spec
+    return None

@@ -1,0 +1,173 @@
+"""The `model` config group, its validation, and the resolved static ModelSpec."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from nopejax import specs
+from nopejax.model import patterns
+from nopejax.model.schemes import SCHEMES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+INPUT_POSITIONS = ("none", "learned", "sinusoidal")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "blockwise", "splash", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def model_config():
+  """Defaults of the `model` group: a tiny NoPE model; configs/ override what they need."""
+  c = ml_collections.ConfigDict()
+  c.vocab_size = 256  # tokens; must cover the tokenizer's ids
+  c.d_model = 64  # residual stream width
+  c.num_layers = 4  # decoder blocks
+  c.num_heads = 4  # query heads
+  c.num_kv_heads = 4  # key/value heads (GQA when fewer than num_heads)
+  c.head_dim = config_dict.placeholder(int)  # None: d_model // num_heads
+  c.d_ff = 256  # SwiGLU hidden width
+  c.positions = "nope"  # per-layer schemes: a period or full list, or a preset (see patterns.py)
+  c.windows = "full"  # per-layer attention windows, tiled like positions
+  c.input_positions = "none"  # absolute embeddings added to the input: none|learned|sinusoidal
+  c.max_len = 2048  # table size of learned input positions (evaluation beyond it is refused)
+  c.rope_theta = 10000.0  # RoPE base wavelength
+  c.rope_fraction = 1.0  # share of head dims rotated (Kazemnejad's rotary baseline: 0.25)
+  c.t5_num_buckets = 32  # T5 relative-bias buckets (causal: all on the past side)
+  c.t5_max_distance = 128  # distance at which T5 buckets stop growing
+  c.query_temperature = config_dict.placeholder(
+    bool
+  )  # Llama 4 NoPE query temperature; None: preset decides
+  c.temperature_floor_scale = 8192.0  # Llama 4: log(floor((pos+1)/floor_scale)+1)*attn_scale+1
+  c.temperature_attn_scale = 0.1
+  c.tie_embeddings = True  # output head reuses the input embedding
+  c.qk_norm = False  # RMSNorm on queries and keys per head (Qwen3)
+  c.attn_bias = False  # biases on q/k/v projections (Qwen2)
+  c.mlp_bias = False  # biases in the MLP (some Llama variants)
+  c.norm_eps = 1e-6  # RMSNorm epsilon
+  c.dtype = "float32"  # compute dtype: float32|bfloat16
+  c.param_dtype = "float32"  # storage dtype of the parameters (fp32 master weights)
+  c.attention_impl = "auto"  # auto (per layer)|reference|xla|blockwise|splash (TPU)|cudnn (GPU)
+  c.block_size = 512  # query/key block of the blockwise path
+  c.blockwise_above = 4096  # auto uses the blockwise path for sequences longer than this
+  c.remat = "none"  # activation checkpointing per scanned period: none|full|dots
+  c.scan_unroll = 1  # periods per scan iteration; unrolling a short model saves the CPU loop
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Everything the model needs, hashable and resolved: the per-layer types are Python values."""
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  d_ff: int
+  layers: tuple  # LayerType per layer
+  period: tuple  # the repeating LayerTypes, scanned over num_layers // len(period)
+  input_positions: str
+  max_len: int
+  rope_theta: float
+  rope_dim: int
+  t5_num_buckets: int
+  t5_max_distance: int
+  query_temperature: bool
+  temperature_floor_scale: float
+  temperature_attn_scale: float
+  tie_embeddings: bool
+  qk_norm: bool
+  attn_bias: bool
+  mlp_bias: bool
+  norm_eps: float
+  dtype: object
+  param_dtype: object
+  attention_impl: str
+  block_size: int
+  blockwise_above: int
+  remat: str
+  scan_unroll: int = 1
+  # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
+  rope_scaling: str = "none"  # none | linear | ntk | yarn (schemes.rope.ROPE_SCALINGS)
+  rope_scaling_factor: float = 1.0
+  rope_original_len: int = 0  # YaRN: the training context length
+
+  @property
+  def repeats(self):
+    return self.num_layers // len(self.period)
+
+  def check_length(self, length, what, hint=""):
+    """A ValueError naming `what` when learned input positions cannot cover `length` tokens."""
+    if self.input_positions == "learned" and length > self.max_len:
+      raise ValueError(
+        f"{what} needs {length} positions but the learned input positions cover "
+        f"model.max_len={self.max_len}{hint}"
+      )
+
+
+def resolve(cfg):
+  """Validates the `model` group and returns its ModelSpec; errors name the key."""
+  if isinstance(cfg, ModelSpec):
+    return cfg
+  for key in (
+    "vocab_size",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "d_ff",
+    "max_len",
+    "block_size",
+    "t5_num_buckets",
+    "t5_max_distance",
+  ):
+    specs.positive(cfg[key], f"model.{key}")
+  specs.check(
+    cfg.num_heads % cfg.num_kv_heads == 0,
+    f"model.num_heads={cfg.num_heads} is not divisible by model.num_kv_heads={cfg.num_kv_heads}",
+  )
+  head_dim = cfg.head_dim
+  if head_dim is None:
+    specs.check(
+      cfg.d_model % cfg.num_heads == 0,
+      f"model.d_model={cfg.d_model} is not divisible by "
+      f"model.num_heads={cfg.num_heads}; set model.head_dim",
+    )
+    head_dim = cfg.d_model // cfg.num_heads
+  specs.positive(head_dim, "model.head_dim")
+  types = patterns.layer_types(cfg.positions, cfg.windows, cfg.num_layers)
+  rope_dim = 0
+  if any(SCHEMES[t.scheme].rotary for t in types):
+    rope_dim = patterns.rotary_dim(head_dim, cfg.rope_fraction)
+  # Below this the log-spaced buckets divide by zero and silently give garbage ids.
+  specs.check(
+    not any(t.scheme == "t5" for t in types)
+    or (cfg.t5_num_buckets >= 2 and cfg.t5_max_distance > cfg.t5_num_buckets // 2),
+    f"model.t5_max_distance={cfg.t5_max_distance} must exceed half of "
+    f"model.t5_num_buckets={cfg.t5_num_buckets} (and num_buckets >= 2)",
+  )
+  specs.positive(cfg.rope_theta, "model.rope_theta", float)
+  return specs.from_group(
+    ModelSpec,
+    cfg,
+    head_dim=head_dim,
+    layers=types,
+    period=patterns.period(types),
+    input_positions=specs.choice(cfg.input_positions, INPUT_POSITIONS, "model.input_positions"),
+    rope_theta=float(cfg.rope_theta),
+    rope_dim=rope_dim,
+    query_temperature=patterns.uses_temperature(cfg.positions, cfg.query_temperature),
+    temperature_floor_scale=float(cfg.temperature_floor_scale),
+    temperature_attn_scale=float(cfg.temperature_attn_scale),
+    tie_embeddings=bool(cfg.tie_embeddings),
+    qk_norm=bool(cfg.qk_norm),
+    attn_bias=bool(cfg.attn_bias),
+    mlp_bias=bool(cfg.mlp_bias),
+    norm_eps=float(cfg.norm_eps),
+    dtype=DTYPES[specs.choice(cfg.dtype, tuple(DTYPES), "model.dtype")],
+    param_dtype=DTYPES[specs.choice(cfg.param_dtype, tuple(DTYPES), "model.param_dtype")],
+    attention_impl=specs.choice(cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl"),
+    remat=specs.choice(cfg.remat, REMAT_POLICIES, "model.remat"),
+    scan_unroll=specs.positive(cfg.get("scan_unroll", 1), "model.scan_unroll"),
+  )

@@ -1,0 +1,1 @@
+"""Parallelism: the device mesh, logical-axis rules, multi-process start-up."""

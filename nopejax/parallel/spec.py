@@ -1,0 +1,60 @@
+"""The `mesh` config group and its frozen spec: axis sizes and the logical-axis rules."""
+
+import dataclasses
+
+import ml_collections
+
+from nopejax import specs
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_config():
+  c = ml_collections.ConfigDict()
+  c.data = -1  # data-parallel axis; -1 takes the devices the other axes leave
+  c.fsdp = 1  # parameters and optimizer state sharded over this axis
+  c.tensor = 1  # Megatron-style tensor parallelism over heads and MLP hidden
+  # Logical axis -> mesh axes; the model names its axes, only this table places them.
+  c.rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("length", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("buckets", None),
+  )
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+  """The validated `mesh` group; -1 (at most one axis) is resolved against the devices later."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  rules: tuple = ()
+
+  def sizes(self):
+    return [getattr(self, a) for a in AXES]
+
+
+def resolve(group) -> MeshSpec:
+  m = specs.from_group(MeshSpec, group)
+  for axis, size in zip(AXES, m.sizes()):
+    specs.check(
+      isinstance(size, int) and not (size == 0 or size < -1),
+      f"mesh.{axis}: expected a positive size or -1, got {size}",
+    )
+  specs.check(
+    m.sizes().count(-1) <= 1, "mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"
+  )
+  rules = tuple(
+    (name, axes if axes is None or isinstance(axes, str) else tuple(axes)) for name, axes in m.rules
+  )
+  return dataclasses.replace(m, rules=rules)

@@ -1,0 +1,1 @@
+"""Tools: the benchmarks, ahead-of-time compilation and sweeps behind their commands."""

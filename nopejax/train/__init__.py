@@ -1,0 +1,1 @@
+"""Training: the step, the run builder, the loop, the optimizer, checkpoints and metrics."""

@@ -1,0 +1,103 @@
+"""The training loop behind `python -m nopejax.train`: build, restore or init, step, log, save.
+
+Sections read top to bottom as one run does: the run (mesh, shardings, jitted step), the
+input, the state (restored or fresh), the loop (log, validate, checkpoint, preemption).
+"""
+
+import os
+import time
+
+import jax
+from absl import logging
+
+from nopejax.data import pipeline
+from nopejax.train import build as build_lib
+from nopejax.train import checkpoint as checkpoint_lib
+from nopejax.train import metrics as metrics_lib
+from nopejax.train import workdir as workdir_lib
+from nopejax.train.preemption import Preemption
+
+
+def evaluate_loss(run, params):
+  """Validation loss and accuracy over train.eval_batches batches."""
+  totals = {"ce": 0.0, "tokens": 0.0, "correct": 0.0}
+  for i, batch in enumerate(pipeline.eval_iter(run.exp.data, "validation")):
+    if i >= run.exp.train.eval_batches:
+      break
+    sums = jax.device_get(run.eval_step(params, run.global_batch(batch)))
+    totals = {k: totals[k] + float(sums[k]) for k in totals}
+  count = max(totals["tokens"], 1.0)
+  return {"val_loss": totals["ce"] / count, "val_accuracy": totals["correct"] / count}
+
+
+def run(exp, workdir):
+  """Trains the Experiment `exp` in `workdir`, resuming from its latest checkpoint; returns the
+  final params."""
+  t = exp.train
+  workdir_lib.check_workdir(workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(exp.config_json)
+
+  # --- run: mesh, shardings, the jitted steps
+  r = build_lib.build(exp)
+
+  # --- input
+  train_iter = pipeline.train_iter(
+    exp.data, process_index=jax.process_index(), process_count=jax.process_count()
+  )
+
+  # --- state: resume automatically, else init (from train.init_from when given)
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
+  restored = ckpt.restore_latest(r.abstract)
+  if restored:
+    start, state, data_state = restored
+    train_iter.set_state(data_state)
+    logging.warning("resumed from step %d of %s", start, workdir)
+  else:
+    start, state = 0, r.init_state()
+    if t.init_from:
+      state["params"] = workdir_lib.load_params(t.init_from, r.abstract["params"])
+
+  # --- loop
+  writer = metrics_lib.Writer(workdir, total_steps=t.steps, start_step=start, progress=t.progress)
+  preemption = Preemption()
+  tokens_per_step = exp.data.batch_size * exp.data.seq_len
+  pending = []
+  window_start = time.perf_counter()
+  step = start
+  try:
+    with r.context():
+      while step < t.steps:
+        state, metrics = r.train_step(state, r.global_batch(next(train_iter)))
+        pending.append(metrics)
+        step += 1
+        last = step == t.steps
+        if step % t.log_every == 0 or last:
+          fetched = jax.device_get(pending)
+          elapsed = time.perf_counter() - window_start
+          row = metrics_lib.summarize(
+            fetched, step=step, elapsed=elapsed, tokens=tokens_per_step * len(fetched)
+          )
+          pending, window_start = [], time.perf_counter()
+          writer.write(row)
+          if fetched[-1]["bad_steps"] >= t.max_bad_steps:
+            raise RuntimeError(
+              f"stopping at step {step}: {fetched[-1]['bad_steps']} consecutive steps had a "
+              f"non-finite loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); "
+              "the last checkpoint holds the last finite state"
+            )
+        if t.eval_every and (step % t.eval_every == 0 or last):
+          writer.write(dict(step=step, **evaluate_loss(r, state["params"])))
+        preempted = preemption.reached(step)
+        if step % t.checkpoint_every == 0 or last or preempted:
+          ckpt.save(step, state, train_iter.get_state(), exp.config_json)
+        if preempted:
+          logging.warning("preempted (SIGTERM): saved step %d and stopping", step)
+          break
+  finally:
+    writer.close()
+    ckpt.close()
+  if step == t.steps and t.export_params:
+    workdir_lib.export_params(workdir, state["params"])
+  return state["params"]

@@ -1,0 +1,120 @@
+"""Decoding with the KV cache: cache equals recompute for every scheme and window, cache
+layout, sampling, and refused lengths."""
+
+import functools
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nopejax
+from nopejax.model import decoder as model_lib
+from nopejax.model import generate as decode
+from nopejax.model import spec as config_lib
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+PROMPT_LENGTHS = (3, 7, 5)  # left-padded together; with 9 new tokens every row passes W and
+NEW_TOKENS = 9  # several chunk boundaries of the windows below
+
+
+def tiny(**overrides):
+  cfg = config_lib.model_config()
+  cfg.vocab_size, cfg.d_model, cfg.num_layers, cfg.d_ff = 64, 32, 2, 64
+  cfg.num_heads, cfg.num_kv_heads = 4, 2
+  cfg.t5_num_buckets, cfg.t5_max_distance = 8, 16
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def _prompts(vocab=64):
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, vocab, n).tolist() for n in PROMPT_LENGTHS]
+
+
+def recompute_greedy(cfg, params, prompt, steps, width=32):
+  """Argmax decoding by a full forward pass over the whole sequence at every step (right
+  padding is invisible to earlier tokens under the causal mask, so one compiled width serves)."""
+  forward = jax.jit(
+    functools.partial(nopejax.forward, cfg), compiler_options={"xla_backend_optimization_level": 0}
+  )
+  tokens = list(prompt)
+  for _ in range(steps):
+    padded = np.zeros((1, width), np.int32)
+    padded[0, : len(tokens)] = tokens
+    logits = forward(params, padded)
+    tokens.append(int(np.argmax(logits[0, len(tokens) - 1])))
+  return tokens[len(prompt) :]
+
+
+# Every scheme under every window, one 4-layer model per window (each layer a different scheme),
+# then Llama 4: chunked RoPE layers and global NoPE layers whose query temperature changes every
+# 3 positions here, so generated tokens see several temperatures.
+CASES = [
+  (",".join(f"{s}@{w}" for s in ("nope", "rope", "alibi", "t5")), "full", dict(num_layers=4))
+  for w in ("full", "sliding:3", "chunked:4")
+]
+CASES += [
+  ("llama4:4", "full", dict(num_layers=4, temperature_floor_scale=3.0)),
+  ("nope", "sliding:4", dict(query_temperature=True, temperature_floor_scale=3.0)),
+]
+
+
+@pytest.mark.parametrize(
+  "positions,windows,extra",
+  CASES,
+  ids=["full", "sliding", "chunked", "llama4", "nope-temp-sliding"],
+)
+def test_cached_greedy_equals_recompute(positions, windows, extra):
+  cfg = tiny(positions=positions, windows=windows, **extra)
+  params = nopejax.init(cfg, jax.random.key(1))
+  prompts = _prompts()
+  got = decode.generate(cfg, params, prompts, NEW_TOKENS, multiple=4)
+  want = [recompute_greedy(cfg, params, p, NEW_TOKENS) for p in prompts]
+  assert got.tolist() == want
+
+
+def test_cache_holds_a_window_per_layer():
+  """A full layer keeps every token, a sliding or chunked one W slots."""
+  cfg = tiny(positions="nope@sliding:3,rope@chunked:4,alibi,t5", num_layers=4)
+  spec = config_lib.resolve(cfg)
+  params = nopejax.init(cfg, jax.random.key(0))
+  tokens = jnp.zeros((2, 6), jnp.int32)
+  _, state = jax.eval_shape(
+    functools.partial(model_lib.Decoder(spec, cache_len=20).apply, mutable=["cache"]),
+    {"params": params},
+    tokens,
+    jnp.zeros_like(tokens),
+    jnp.ones_like(tokens),
+  )
+  blocks = state["cache"]["layers"]
+  slots = [blocks[f"block_{i}"]["attn"]["k"].shape for i in range(4)]
+  assert slots == [(1, 2, 3, 2, 8), (1, 2, 4, 2, 8), (1, 2, 20, 2, 8), (1, 2, 20, 2, 8)]
+
+
+def test_sampling():
+  cfg = tiny(positions="rope")
+  params = nopejax.init(cfg, jax.random.key(1))
+  prompts = _prompts()
+  greedy = decode.generate(cfg, params, prompts, 6)
+  cold = decode.generate(cfg, params, prompts, 6, temperature=1e-4, rng=jax.random.key(3))
+  np.testing.assert_array_equal(cold, greedy)
+  a = decode.generate(cfg, params, prompts, 6, temperature=1.0, rng=jax.random.key(3))
+  b = decode.generate(cfg, params, prompts, 6, temperature=1.0, rng=jax.random.key(3))
+  c = decode.generate(cfg, params, prompts, 6, temperature=1.0, rng=jax.random.key(4))
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (3, 6) and a.min() >= 0 and a.max() < 64 and (a != c).any()
+
+
+def test_learned_positions_past_max_len_are_refused():
+  cfg = tiny(input_positions="learned", max_len=8)
+  params = nopejax.init(cfg, jax.random.key(0))
+  with pytest.raises(
+    ValueError, match=r"length 10 \(prompt \+ generated\) needs 10 positions .* model.max_len=8"
+  ):
+    decode.generate(cfg, params, [[1, 2, 3, 4, 5]], 6)
