@@ -12,7 +12,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from nopejax import experiment  # noqa: E402
+from nopejax import cli, experiment  # noqa: E402
 from nopejax.tools import aot  # first: it allows several libtpu loads before jax starts one
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,8 +32,6 @@ def main(argv):
     report = aot.memory_report(
       aot.compile_train_step(experiment.resolve(_CONFIG.value), devices), _TOPOLOGY.value
     )
-  except ValueError as e:
-    sys.exit(f"error: {e}")
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
@@ -62,4 +60,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

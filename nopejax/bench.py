@@ -7,12 +7,11 @@ attention path of every layer (nopejax/tools/bench.py says how FLOPs are counted
 """
 
 import json
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from nopejax import experiment
+from nopejax import cli, experiment
 from nopejax.tools import bench
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,16 +35,13 @@ _TORCH = flags.DEFINE_bool(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    result = bench.run(
-      experiment.resolve(_CONFIG.value),
-      steps=_STEPS.value,
-      warmup=_WARMUP.value,
-      peak=_PEAK.value,
-      compare_torch=_TORCH.value,
-    )
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  result = bench.run(
+    experiment.resolve(_CONFIG.value),
+    steps=_STEPS.value,
+    warmup=_WARMUP.value,
+    peak=_PEAK.value,
+    compare_torch=_TORCH.value,
+  )
   print(
     f"nopejax: {result['tokens_per_s']:,.0f} tokens/s, step {result['step_s'] * 1e3:.1f} ms, "
     f"compile {result['compile_s']:.1f} s, MFU {result['mfu']:.3f} of "
@@ -62,4 +58,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

@@ -12,10 +12,10 @@ A benchmark, not a test: nothing is asserted.
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from nopejax import experiment
+from nopejax import cli, experiment
 from nopejax.tools import bench_data
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nopejax import cli
 from nopejax.eval import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file; default: DIR/config.json.")
@@ -31,17 +32,14 @@ def main(argv):
   if not workdirs or not all(workdirs):
     sys.exit("error: give --workdir=DIR or --compare=DIR1,DIR2")
   cfg = _CONFIG.value
-  try:
-    if _COMPARE.value:
-      runs, exp = runner.evaluate_runs(workdirs, eval_overrides=None if cfg is None else cfg.eval)
-    else:
-      runs, exp = runner.evaluate_runs(workdirs, cfg)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  if _COMPARE.value:
+    runs, exp = runner.evaluate_runs(workdirs, eval_overrides=None if cfg is None else cfg.eval)
+  else:
+    runs, exp = runner.evaluate_runs(workdirs, cfg)
   out = os.path.join(_WORKDIR.value or workdirs[0], "eval")
   print(runner.write_outputs(runs, exp, out))
   print(f"wrote {out}/: {', '.join(runner.outputs(out))}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

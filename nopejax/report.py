@@ -9,6 +9,7 @@ import sys
 
 from absl import app, flags
 
+from nopejax import cli
 from nopejax.eval import report
 
 _SWEEP = flags.DEFINE_list("sweep", None, "Sweep directories run by `python -m nopejax.sweep`.")
@@ -28,4 +29,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["sweep"])
-  app.run(main)
+  cli.run(main)

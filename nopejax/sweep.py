@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from nopejax import cli
 from nopejax.tools import sweep
 
 _CONFIG = flags.DEFINE_string(
@@ -35,12 +36,10 @@ def main(argv):
       print("\n".join(sweep.commands(_CONFIG.value, _WORKDIR.value, runs)))
       return
     sweep.run_local(runs, _WORKDIR.value, evaluate=_EVALUATE.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
   except sweep.RunError as e:
     sys.exit(str(e))
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -11,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from nopejax import experiment
@@ -133,7 +134,10 @@ def abstract_state(cfg):
 
 def largest_file(step_dir):
   files = [
-    os.path.join(r, n) for r, _, ns in os.walk(step_dir) for n in ns if n != checkpoint_lib.MANIFEST
+    os.path.join(r, n)
+    for r, _, ns in os.walk(step_dir)
+    for n in ns
+    if not n.startswith("nopejax_manifest")
   ]
   return max(files, key=os.path.getsize)
 
@@ -233,10 +237,19 @@ def test_checkpoint_of_nopejax_0_1_resumes_exactly(tmp_path):
   ckpt.close()
   assert step == 5
   legacy = str(tmp_path / "legacy")
-  old = dict(state, rng=jax.random.key_data(jax.random.key(1)))  # 0.1's state layout
-  ckpt = checkpoint_lib.Checkpointer(legacy, keep=3, async_save=False)
-  ckpt.save(5, old, data_state, experiment.resolve(cfg).config_json)
-  ckpt.close()
+  # 0.1's layout: an unused `rng` in the state, process 0's iterator state as a JSON item.
+  old = dict(state, rng=jax.random.key_data(jax.random.key(1)))
+  manager = ocp.CheckpointManager(os.path.join(legacy, "checkpoints"))
+  manager.save(
+    5,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(old),
+      data=ocp.args.JsonSave({"iterator": data_state}),
+      config=ocp.args.JsonSave(json.loads(experiment.resolve(cfg).config_json)),
+    ),
+  )
+  manager.wait_until_finished()
+  manager.close()
   loop.run(experiment.resolve(cfg), legacy)
   resumed = losses(legacy)
   assert sorted(resumed) == [6, 7, 8, 9, 10]

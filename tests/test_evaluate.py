@@ -231,3 +231,34 @@ def test_lengths_past_learned_positions_are_refused(tmp_path):
     r"learned input positions cover model.max_len=64; evaluate shorter",
   ):
     runner.evaluate(experiment.resolve(cfg), params)
+
+
+def test_outputs_and_the_cache_live_in_a_bucket(gcs_bucket, tmp_path):
+  """write_outputs to gs://: results.json, tables.md and the PNG are objects; the cached results
+  are read back from there and the newest checkpoint step is listed from the bucket."""
+  from conftest import no_local_gs_dir
+
+  from nopejax import storage
+
+  exp = experiment.resolve(tiny.get_config())
+  results = {"copy": {"1": {"exact_match": 1.0, "token_accuracy": 1.0}}}
+  run = f"{gcs_bucket.url}/run"
+  text = runner.write_outputs({"run": results}, exp, f"{run}/eval")
+  assert "**copy** (exact_match" in text
+  assert runner.outputs(f"{run}/eval") == ["accuracy.png", "results.json", "tables.md"]
+  assert sorted(gcs_bucket.objects("run/eval/")) == [
+    "run/eval/accuracy.png",
+    "run/eval/results.json",
+    "run/eval/tables.md",
+  ]
+  assert storage.path(f"{run}/eval/accuracy.png").stat().length > 10_000
+  assert storage.path(f"{run}/eval/tables.md").read_text() == text
+  storage.write_text(f"{run}/checkpoints/3/done", "")
+  storage.write_text(f"{run}/checkpoints/12/done", "")
+  assert runner._newest_step(run) == 12
+  key = {"step": 12, "eval": {"kinds": "tasks"}}
+  assert runner._cached(run, "run", key) is None  # no evaluated.json yet
+  storage.write_json(f"{run}/eval/{runner.CACHE_KEY}", dict(key, seconds=1.0))
+  assert runner._cached(run, "run", key) == results
+  assert runner._cached(run, "run", dict(key, step=13)) is None
+  no_local_gs_dir(tmp_path, ROOT)

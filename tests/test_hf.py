@@ -467,3 +467,67 @@ def test_fine_tuning_from_imported_weights_through_the_train_command(tmp_path):
   trained = params_io.load_params(workdir / "params")
   drift = max(_max_diff(a, b) for a, b in zip(jax.tree.leaves(imported), jax.tree.leaves(trained)))
   assert 0 < drift < 1e-3  # a small fine-tuning step away from the imported weights
+
+
+# ------------------------------------------------------------------------------ gs:// buckets
+
+
+def test_load_and_save_a_bucket_directory(gcs_bucket, tmp_path):
+  """hf.load reads a sharded checkpoint from gs:// (headers, then tensors by offset); hf.save
+  writes config.json and model.safetensors there."""
+  from nopejax import storage
+
+  model = _hf_model(*SMOL, num_key_value_heads=2, tie_word_embeddings=False)
+  model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")
+  storage.copy_tree(tmp_path / "hf", f"{gcs_bucket.url}/sharded")
+  model_cfg, params = hf.load(f"{gcs_bucket.url}/sharded")
+  tokens = _tokens(5)
+  assert _max_diff(_our_logits(model_cfg, params, tokens), _hf_logits(model, tokens)) < TOL
+  hf.save(f"{gcs_bucket.url}/saved", model_cfg, params)
+  assert sorted(gcs_bucket.objects("saved/")) == ["saved/config.json", "saved/model.safetensors"]
+  storage.copy_tree(f"{gcs_bucket.url}/saved", tmp_path / "saved")
+  saved = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
+  assert _max_diff(_hf_logits(saved.eval(), tokens), _hf_logits(model, tokens)) < TOL
+  with pytest.raises(FileNotFoundError, match="config.json: missing"):
+    hf.load(f"{gcs_bucket.url}/nothing_here")
+
+
+def test_cli_import_from_and_export_to_a_bucket(gcs_bucket, tmp_path):
+  """`nopejax.hf import` from a gs:// HF directory into a gs:// workdir, then `export` to gs://:
+  transformers loads the result with the original logits, and no local `gs:` directory appears."""
+  from conftest import no_local_gs_dir
+
+  from nopejax import storage
+
+  model = _hf_model(*SMOL, num_key_value_heads=2, tie_word_embeddings=False)
+  model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+  (tmp_path / "hf" / "tokenizer.json").write_text("{}")  # copied as bytes, not parsed
+  storage.copy_tree(tmp_path / "hf", f"{gcs_bucket.url}/hf_in")
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+
+  def cli(*args):
+    return subprocess.run(
+      [sys.executable, "-m", "nopejax.hf", *args],
+      cwd=cwd,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", **gcs_bucket.env),
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+
+  wd, out = f"{gcs_bucket.url}/wd", f"{gcs_bucket.url}/hf_out"
+  result = cli("import", f"--hf_dir={gcs_bucket.url}/hf_in", f"--workdir={wd}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert gcs_bucket.objects("wd/params")
+  assert {"wd/model_config.json", "wd/tokenizer.json"} <= set(gcs_bucket.objects("wd/"))
+  assert storage.read_json(f"{wd}/model_config.json")["positions"] == "rope,rope,rope,nope"
+  result = cli("export", f"--workdir={wd}", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  storage.copy_tree(out, tmp_path / "hf_out")
+  exported = transformers.AutoModelForCausalLM.from_pretrained(
+    tmp_path / "hf_out", dtype=torch.float32
+  )
+  tokens = _tokens(6)
+  assert _max_diff(_hf_logits(exported.eval(), tokens), _hf_logits(model, tokens)) < TOL
+  no_local_gs_dir(tmp_path, "/work/main")

@@ -29,6 +29,9 @@ COVERED_ELSEWHERE = {
   "python -m nopejax.train --config=configs/finetune.py": (
     "tests/test_hf.py::test_fine_tuning_from_imported_weights_through_the_train_command"
   ),
+  "python -m nopejax.bench_checkpoint": (
+    "tests/test_storage.py::test_bench_checkpoint_reports_blocking_times"
+  ),
   "python -m nopejax.bench --config=configs/bench_cpu.py": (
     "tests/test_bench.py::test_compare_torch_reports_both_and_the_ratio"
   ),

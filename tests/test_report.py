@@ -98,6 +98,30 @@ def test_report_ranks_the_paper_schemes_apart_and_counts_only_complete_groups(tm
     report.load_runs([str(paper), str(hybrids)])
 
 
+def test_report_reads_sweeps_from_and_writes_to_a_bucket(gcs_bucket, tmp_path):
+  """Sweep directories, the report and its plot all on gs://; no local `gs:` directory."""
+  from conftest import no_local_gs_dir
+
+  from nopejax import storage
+
+  local = tmp_path / "local"
+  for scheme, tok in {"nope": 0.9, "rope": 0.5}.items():
+    _write_run(local, f"scheme={scheme},task=copy,seed=0", _results("copy", 1.0, tok))
+  (local / "not_a_run").mkdir()
+  sweep = f"{gcs_bucket.url}/sweep"
+  storage.copy_tree(local, sweep)
+  out, plot_path = f"{gcs_bucket.url}/out/report.md", f"{gcs_bucket.url}/out/report.png"
+  text = report.write([sweep], out, plot_path)
+  assert "| nope | 1.00 | 1.00 | 0.69 |" in text
+  assert "Compute: 2 runs, 0.14 h of training steps and 0.02 h of evaluation." in text
+  assert storage.path(out).read_text() == text + "\n"
+  assert storage.path(plot_path).stat().length > 10_000
+  assert sorted(gcs_bucket.objects("out/")) == ["out/report.md", "out/report.png"]
+  with pytest.raises(ValueError, match="no such directory"):
+    report.load_runs([f"{gcs_bucket.url}/missing"])
+  no_local_gs_dir(tmp_path, ROOT)
+
+
 def test_report_without_evaluated_runs_says_so(tmp_path):
   proc = subprocess.run(
     [sys.executable, "-m", "nopejax.report", f"--sweep={tmp_path}"],

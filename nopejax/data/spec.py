@@ -6,7 +6,7 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from nopejax import specs
+from nopejax import specs, storage
 from nopejax.data import tokenizers
 from nopejax.data.sources import SOURCES
 
@@ -95,7 +95,7 @@ def resolve(group, model_vocab_size: int) -> DataSpec:
   )
   if tok.startswith(tokenizers.HF_PREFIX):
     path = os.path.expanduser(tok[len(tokenizers.HF_PREFIX) :])
-    specs.check(os.path.isfile(path), f"data.tokenizer: {path} does not exist")
+    specs.check(storage.path(path).is_file(), f"data.tokenizer: {path} does not exist")
   specs.check(
     tok != "task" or d.kind == "tasks",
     f"data.tokenizer: 'task' only encodes task words, not data.kind={d.kind!r}",

@@ -11,15 +11,20 @@ Id layouts:
   task  0 pad, 1 bos, 2 eos, then `tasks.VOCAB` words in order.
   sentencepiece  trained here with pad 0, bos 1, eos 2, unk 3.
   hf    the file's own ids; bos/eos/pad looked up among common special tokens.
-Nothing is downloaded: SentencePiece is trained on the local corpus, and a
-Hugging Face tokenizer is read from a local tokenizer.json.
+Nothing is downloaded: SentencePiece is trained on the local corpus (and kept under
+data_dir/tokenizers, which may be a bucket), and a Hugging Face tokenizer is read
+from a tokenizer.json (a local path or a bucket URL).
 """
 
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from typing import Protocol
 
+import jax
+
+from nopejax import storage
 from nopejax.data import tasks
 from nopejax.data.sources import builder
 from nopejax.data.sources import text as text_source
@@ -28,6 +33,7 @@ PAD, BOS, EOS = 0, 1, 2
 NUM_SPECIAL = 3
 NAMES = ("auto", "byte", "task", "sentencepiece")  # plus HF_PREFIX + a tokenizer.json path
 HF_PREFIX = "hf:"
+MODEL_FILE = "sp.model"  # in data_dir/tokenizers/sp-KEY/
 
 
 class Tokenizer(Protocol):
@@ -95,11 +101,11 @@ class SentencePieceTokenizer:
 def train_sentencepiece(files: list[str], vocab_size: int, model_path: str) -> None:
   """Trains a BPE SentencePiece model on `files` and writes it to `model_path`."""
   import sentencepiece  # lazy: an optional dependency
+  from sentencepiece import sentencepiece_model_pb2
 
-  os.makedirs(os.path.dirname(model_path), exist_ok=True)
-  # Train into a temporary prefix and rename, so a concurrent reader never
-  # sees a half-written model.
-  prefix = f"{model_path}.tmp{os.getpid()}"
+  # Trained in memory, then written to a temporary name and renamed (storage.write_bytes), so a
+  # concurrent reader never sees a half-written model.
+  writer = io.BytesIO()
 
   def paragraphs():
     # Paragraphs, not lines, so newlines are inside the text SentencePiece learns from.
@@ -111,7 +117,7 @@ def train_sentencepiece(files: list[str], vocab_size: int, model_path: str) -> N
   sentencepiece.set_random_generator_seed(0)
   sentencepiece.SentencePieceTrainer.train(
     sentence_iterator=paragraphs(),
-    model_prefix=prefix,
+    model_writer=writer,
     vocab_size=vocab_size,
     model_type="bpe",
     pad_id=PAD,
@@ -133,12 +139,15 @@ def train_sentencepiece(files: list[str], vocab_size: int, model_path: str) -> N
     num_threads=os.cpu_count() or 1,
     minloglevel=2,
   )
-  os.replace(prefix + ".model", model_path)
-  os.remove(prefix + ".vocab")
+  # The model records its training options; the thread count is this machine's, not the
+  # model's. Without it every machine trains the same bytes, hence the same tokenizer name.
+  model = sentencepiece_model_pb2.ModelProto.FromString(writer.getvalue())
+  model.trainer_spec.ClearField("num_threads")
+  storage.write_bytes(model_path, model.SerializeToString())
 
 
 class HFTokenizer:
-  """A local Hugging Face `tokenizer.json` through the `tokenizers` package."""
+  """A Hugging Face `tokenizer.json` (local or a bucket URL) through the `tokenizers` package."""
 
   _BOS = ("<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", "<|im_start|>")
   _EOS = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", "<|im_end|>")
@@ -147,7 +156,7 @@ class HFTokenizer:
   def __init__(self, path: str):
     import tokenizers  # lazy: ships with transformers, optional here
 
-    self._tok = tokenizers.Tokenizer.from_file(path)
+    self._tok = tokenizers.Tokenizer.from_str(storage.path(path).read_text(encoding="utf-8"))
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     self.bos_id = self._find(self._BOS, path, "bos")
     self.eos_id = self._find(self._EOS, path, "eos")
@@ -174,8 +183,7 @@ def _digest(data: bytes) -> str:
 
 
 def _file_digest(path: str) -> str:
-  with open(path, "rb") as f:
-    return _digest(f.read())
+  return _digest(storage.path(path).read_bytes())
 
 
 def resolve(data_cfg) -> str:
@@ -203,7 +211,11 @@ def get_tokenizer(data_cfg) -> Tokenizer:
 
 
 def sentencepiece_model(data_cfg) -> str:
-  """Path of the SentencePiece model for the corpus's train split, trained if absent."""
+  """Local path of the SentencePiece model for the corpus's train split, trained if absent.
+
+  It lives in data_dir/tokenizers/sp-KEY/ (`storage.synced_dir`): with a bucket data_dir it is
+  trained (or fetched, once published) into this machine's mirror, and process 0 publishes it.
+  """
   root, files = text_source.corpus_files(data_cfg.corpus)
   train_files = [
     f
@@ -213,7 +225,13 @@ def sentencepiece_model(data_cfg) -> str:
   key = _digest(
     repr((text_source.corpus_fingerprint(root, train_files), data_cfg.vocab_size_sp)).encode()
   )
-  path = os.path.join(builder.data_dir(data_cfg), "tokenizers", f"sp-{key}.model")
-  if not os.path.exists(path):
-    train_sentencepiece(train_files, data_cfg.vocab_size_sp, path)
-  return path
+  name = f"sp-{key}"
+
+  def build(local):
+    if not (local / MODEL_FILE).exists():
+      train_sentencepiece(train_files, data_cfg.vocab_size_sp, local / MODEL_FILE)
+
+  data_dir = builder.data_dir(data_cfg)
+  publish = jax.process_index() == 0
+  local = storage.synced_dir(data_dir, f"tokenizers/{name}", build, publish=publish)
+  return os.fspath(local / MODEL_FILE)

@@ -1,10 +1,12 @@
 """What the evaluation kinds share: the Kind record, batching, generated exact match, plots."""
 
 import dataclasses
+import io
 from collections.abc import Callable
 
 import numpy as np
 
+from nopejax import storage
 from nopejax.model import generate
 
 
@@ -59,6 +61,14 @@ def pyplot():
   import matplotlib.pyplot as plt
 
   return plt
+
+
+def save_figure(fig, path, dpi):
+  """Writes `fig` as a PNG to `path` (local or a bucket URL, in one piece) and closes it."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  pyplot().close(fig)
+  storage.write_bytes(path, buf.getvalue())
 
 
 def plot_runs(ax, runs, section, metric):

@@ -142,8 +142,7 @@ def plot_lm(runs, exp, path):
     ax.set(title=f"lm: {metric.replace('_', ' ')}", xlabel="context length (tokens)")
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=100)
 
 
 KIND = common.Kind("lm", evaluate_lm, lm_table, plot_lm, "lm.png", reads_text=True)

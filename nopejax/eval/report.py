@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from nopejax import experiment
+from nopejax import experiment, storage
 from nopejax.eval import common, runner
 from nopejax.eval import tasks as task_eval
 from nopejax.train import workdir as workdir_lib
@@ -213,19 +213,19 @@ def plot(runs, train_lengths, path):
       ax.set(title=f"{task}: {metric.replace('_', ' ')}", xlabel="length", ylim=(-0.02, 1.02))
       ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=90)
 
 
 def run_dirs(sweep_dirs):
   """[(run name, run dir)] of every evaluated scheme=... run in the sweep directories."""
   found = []
   for sweep_dir in sweep_dirs:
-    if not os.path.isdir(sweep_dir):
+    directory = storage.path(sweep_dir)
+    if not directory.is_dir():
       raise ValueError(f"no such directory {sweep_dir!r}")
-    for name in sorted(os.listdir(sweep_dir)):
-      path = os.path.join(sweep_dir, name)
-      if "scheme" in parse_run(name) and os.path.exists(os.path.join(path, "eval", "results.json")):
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+      name = path.name
+      if "scheme" in parse_run(name) and (path / "eval" / "results.json").exists():
         found.append((name, path))
   if not found:
     raise ValueError(
@@ -243,11 +243,10 @@ def load_runs(sweep_dirs):
     if name in paths:
       raise ValueError(f"run {name} is in two sweeps: {paths[name]} and {path}")
     paths[name] = path
-    with open(os.path.join(path, "eval", "results.json")) as f:
-      runs[name] = json.load(f)[name]
+    runs[name] = storage.read_json(path / "eval" / "results.json")[name]
     task = parse_run(name)["task"]
     if task not in train_lengths:
-      exp = experiment.resolve(workdir_lib.load_config(path))
+      exp = experiment.resolve(workdir_lib.load_config(os.fspath(path)))
       train_lengths[task] = task_eval.train_length(exp.data, task)
   return runs, train_lengths, paths
 
@@ -256,15 +255,14 @@ def compute_seconds(run_dir):
   """(seconds of training steps, seconds of evaluation) a run took: steps from its logged
   mean step times (compilation and checkpoint saves excluded), evaluation as recorded."""
   train, last = 0.0, 0
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "step_s" in record:
-        train += record["step_s"] * (record["step"] - last)
-        last = record["step"]
+  run_dir = storage.path(run_dir)
+  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "step_s" in record:
+      train += record["step_s"] * (record["step"] - last)
+      last = record["step"]
   try:
-    with open(os.path.join(run_dir, "eval", runner.CACHE_KEY)) as f:
-      evaluate = json.load(f).get("seconds", 0.0)
+    evaluate = storage.read_json(run_dir / "eval" / runner.CACHE_KEY).get("seconds", 0.0)
   except OSError:
     evaluate = 0.0
   return train, evaluate
@@ -294,12 +292,11 @@ def write(sweep_dirs, out=None, plot_path=None):
   """The report of the sweeps (also written to `out`), with its plot at `plot_path`."""
   for path in (out, plot_path):
     if path:
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      storage.path(path).parent.mkdir(parents=True, exist_ok=True)
   runs, train_lengths, paths = load_runs(sweep_dirs)
   text = report(runs, train_lengths, paths)
   if plot_path:
     plot(runs, train_lengths, plot_path)
   if out:
-    with open(out, "w") as f:
-      f.write(text + "\n")
+    storage.write_text(out, text + "\n")
   return text

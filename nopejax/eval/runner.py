@@ -6,10 +6,9 @@ results.json: {run: {task: {length: metrics}, 'lm': {length: metrics},
 
 import dataclasses
 import json
-import os
 import time
 
-from nopejax import experiment
+from nopejax import experiment, storage
 from nopejax.eval.kinds import KINDS
 from nopejax.train import workdir as workdir_lib
 
@@ -67,38 +66,35 @@ def evaluate_runs(workdirs, config=None, eval_overrides=None, cache=False):
   runs, first = {}, None
   for workdir in workdirs:
     exp = run_experiment(workdir, config, eval_overrides)
-    name = os.path.basename(os.path.normpath(workdir))
+    name = storage.path(workdir).name
     key = {"step": _newest_step(workdir), "eval": dataclasses.asdict(exp.eval)}
     results = _cached(workdir, name, key) if cache else None
     if results is None:
       start = time.perf_counter()
       results = evaluate(exp, workdir_lib.latest_params(exp, workdir))
       if cache:
-        out = os.path.join(workdir, "eval")
+        out = storage.path(workdir) / "eval"
         write_outputs({name: results}, exp, out)
-        with open(os.path.join(out, CACHE_KEY), "w") as f:
-          json.dump(dict(key, seconds=time.perf_counter() - start), f)
+        storage.write_json(out / CACHE_KEY, dict(key, seconds=time.perf_counter() - start))
     runs[name] = results
     first = first or exp
   return runs, first
 
 
 def _newest_step(workdir):
-  path = os.path.join(workdir, "checkpoints")
-  steps = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+  path = storage.path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
   return max(steps, default=None)
 
 
 def _cached(workdir, name, key):
   """The run's results from WORKDIR/eval when computed for `key`, else None."""
-  out = os.path.join(workdir, "eval")
+  out = storage.path(workdir) / "eval"
   try:
-    with open(os.path.join(out, CACHE_KEY)) as f:
-      stored = json.load(f)
+    stored = storage.read_json(out / CACHE_KEY)
     if {k: stored.get(k) for k in key} != json.loads(json.dumps(key)):
       return None
-    with open(os.path.join(out, "results.json")) as f:
-      return json.load(f)[name]
+    return storage.read_json(out / "results.json")[name]
   except (OSError, ValueError, KeyError):
     return None
 
@@ -106,20 +102,20 @@ def _cached(workdir, name, key):
 def write_outputs(runs, exp, out_dir):
   """results.json, tables.md and a PNG per kind present (accuracy, lm, passkey) in out_dir;
   returns the tables' text."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(runs, f, indent=2)
+  out_dir = storage.path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  storage.write_json(out_dir / "results.json", runs, indent=2)
   parts = []
   for kind in KINDS.values():
     if kind.results_in(runs):
       parts.append(kind.table(runs, exp))
-      kind.plot(runs, exp, os.path.join(out_dir, kind.plot_file))
+      kind.plot(runs, exp, out_dir / kind.plot_file)
   text = "\n".join(parts)
-  with open(os.path.join(out_dir, "tables.md"), "w") as f:
-    f.write(text)
+  storage.write_text(out_dir / "tables.md", text)
   return text
 
 
 def outputs(out_dir):
   """The files write_outputs left in out_dir, for the command's last line."""
-  return sorted(f for f in os.listdir(out_dir) if f.endswith((".json", ".md", ".png")))
+  names = (p.name for p in storage.path(out_dir).iterdir())
+  return sorted(f for f in names if f.endswith((".json", ".md", ".png")))

@@ -136,8 +136,7 @@ def plot(runs, exp, path):
       ax.set(title=f"{task}: {metric.replace('_', ' ')}", xlabel="length", ylim=(-0.02, 1.02))
       ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  common.save_figure(fig, path, dpi=100)
 
 
 KIND = common.Kind(

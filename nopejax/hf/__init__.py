@@ -23,8 +23,8 @@ never torch. Params come back as host numpy arrays in the param dtype, laid out 
 
 import json
 import os
-import shutil
 
+from nopejax import storage
 from nopejax.hf.config import ARCHITECTURES, check_expressible, hf_config, model_config_from_hf
 from nopejax.hf.weights import load, save
 from nopejax.model import spec as spec_lib
@@ -49,30 +49,28 @@ __all__ = [
 def import_to_workdir(hf_dir, workdir, *, dtype="float32", force=False):
   """HF directory -> WORKDIR/params/ (orbax) and WORKDIR/model_config.json."""
   model_cfg, params = load(hf_dir, dtype=dtype)
-  os.makedirs(workdir, exist_ok=True)
-  params_io.save_params(os.path.join(workdir, "params"), params, force=force)
-  with open(os.path.join(workdir, "model_config.json"), "w") as f:
-    json.dump(model_cfg.to_dict(), f, indent=2)
+  hf_dir, workdir = storage.path(hf_dir), storage.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  params_io.save_params(os.fspath(workdir / "params"), params, force=force)
+  storage.write_json(workdir / "model_config.json", model_cfg.to_dict(), indent=2)
   # The tokenizer travels with the weights, so fine-tuning can use `hf:WORKDIR/tokenizer.json`.
-  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
-    shutil.copyfile(os.path.join(hf_dir, "tokenizer.json"), os.path.join(workdir, "tokenizer.json"))
+  if (hf_dir / "tokenizer.json").is_file():
+    storage.write_bytes(workdir / "tokenizer.json", (hf_dir / "tokenizer.json").read_bytes())
   return model_cfg
 
 
 def workdir_model_config(workdir):
   """The `model` group of WORKDIR/config.json (written by training), else model_config.json."""
-  full = os.path.join(workdir, "config.json")
-  if os.path.isfile(full):
-    with open(full) as f:
-      group = json.load(f).get("model")
+  full = storage.path(workdir) / "config.json"
+  if full.is_file():
+    group = json.loads(full.read_text()).get("model")
     if not isinstance(group, dict):
       raise ValueError(f"{full}: no `model` group")
   else:
-    path = os.path.join(workdir, "model_config.json")
-    if not os.path.isfile(path):
+    path = storage.path(workdir) / "model_config.json"
+    if not path.is_file():
       raise FileNotFoundError(f"{workdir}: neither config.json nor model_config.json")
-    with open(path) as f:
-      group = json.load(f)
+    group = json.loads(path.read_text())
   model_cfg = spec_lib.model_config()
   model_cfg.update(group)
   return model_cfg
@@ -81,5 +79,5 @@ def workdir_model_config(workdir):
 def export_from_workdir(workdir, out):
   """WORKDIR's model config and params/ -> an HF directory at `out`."""
   model_cfg = workdir_model_config(workdir)
-  save(out, model_cfg, params_io.load_params(os.path.join(workdir, "params")))
+  save(out, model_cfg, params_io.load_params(os.fspath(storage.path(workdir) / "params")))
   return model_cfg

@@ -1,8 +1,8 @@
 """The command line: `python -m nopejax.hf import|export ...` (see the `nopejax.hf` docstring)."""
 
-from absl import app, flags
+from absl import flags
 
-from nopejax import hf
+from nopejax import cli, hf
 from nopejax.model import spec as spec_lib
 
 
@@ -40,4 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main, prefix="nopejax.hf")

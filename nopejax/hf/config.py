@@ -6,10 +6,10 @@ choices are listed in the `nopejax.hf` docstring.
 """
 
 import json
-import os
 
 import numpy as np
 
+from nopejax import storage
 from nopejax.model import patterns
 from nopejax.model import spec as spec_lib
 
@@ -74,12 +74,11 @@ _REQUIRED = (
 
 
 def _read_config(directory):
-  path = os.path.join(directory, "config.json")
-  if not os.path.isfile(path):
+  path = storage.path(directory) / "config.json"
+  if not path.is_file():
     raise FileNotFoundError(f"{path}: missing; expected a Hugging Face model directory")
   try:
-    with open(path) as f:
-      hf = json.load(f)
+    hf = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
   if not isinstance(hf, dict):
@@ -216,9 +215,10 @@ def model_config_from_hf(hf, *, dtype="float32", where="config.json"):
 
 
 def load_config(directory, *, dtype="float32"):
-  """(model_cfg, architecture) from the config.json of a local HF model directory."""
+  """(model_cfg, architecture) from the config.json of an HF model directory (local or a
+  bucket URL)."""
   hf = _read_config(directory)
-  where = os.path.join(directory, "config.json")
+  where = str(storage.path(directory) / "config.json")
   model_cfg = model_config_from_hf(hf, dtype=dtype, where=where)
   return model_cfg, _architecture(hf, where)
 

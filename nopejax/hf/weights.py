@@ -6,7 +6,6 @@ never torch.
 
 import json
 import math
-import os
 import struct
 
 import jax
@@ -14,6 +13,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import numpy as st_numpy
 
+from nopejax import storage
 from nopejax.hf import config
 from nopejax.model import spec as spec_lib
 
@@ -99,17 +99,18 @@ def _o_bias(spec, arch):
 
 
 class _Checkpoint:
-  """The tensors of a safetensors checkpoint (one file or an index of shards), read lazily."""
+  """The tensors of a safetensors checkpoint (one file or an index of shards), read lazily:
+  the headers first, then each tensor's bytes by offset (local files and bucket objects alike)."""
 
   def __init__(self, directory):
-    single = os.path.join(directory, "model.safetensors")
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(single):
+    directory = storage.path(directory)
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
       files = [single]
-    elif os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f).get("weight_map") or {}
-      files = sorted({os.path.join(directory, name) for name in weight_map.values()})
+    elif index.is_file():
+      weight_map = json.loads(index.read_text()).get("weight_map") or {}
+      files = [directory / name for name in sorted(set(weight_map.values()))]
     else:
       raise FileNotFoundError(
         f"{directory}: no model.safetensors or model.safetensors.index.json "
@@ -117,7 +118,7 @@ class _Checkpoint:
       )
     self.entries = {}
     for path in files:
-      with open(path, "rb") as f:
+      with path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
       for name, info in header.items():
@@ -134,9 +135,14 @@ class _Checkpoint:
       raise ValueError(f"checkpoint: tensor {name} has shape {have}, expected {tuple(shape)}")
     if dtype not in _ST_DTYPES:
       raise ValueError(f"checkpoint: tensor {name} has unsupported dtype {dtype}")
-    return np.fromfile(path, dtype=_ST_DTYPES[dtype], count=math.prod(have), offset=offset).reshape(
-      have
-    )
+    np_dtype = np.dtype(_ST_DTYPES[dtype])
+    size = math.prod(have) * np_dtype.itemsize
+    with path.open("rb") as f:
+      f.seek(offset)
+      data = f.read(size)
+    if len(data) != size:
+      raise ValueError(f"checkpoint: tensor {name} is truncated in {path}")
+    return np.frombuffer(data, dtype=np_dtype).reshape(have)
 
 
 def _set(tree, path, value):
@@ -157,12 +163,13 @@ def _get(tree, path, where):
 
 
 def load(path, *, dtype="float32"):
-  """(model_cfg, params) from a local HF model directory; params are numpy in `dtype`.
+  """(model_cfg, params) from an HF model directory (local or a bucket URL); params are numpy
+  in `dtype`.
 
   `dtype` becomes model.param_dtype (bf16 checkpoints load into fp32 params by default); the
   compute dtype stays model_config()'s default.
   """
-  path = os.fspath(path)
+  path = storage.path(path)
   model_cfg, arch = config.load_config(path, dtype=dtype)
   spec = spec_lib.resolve(model_cfg)
   ckpt = _Checkpoint(path)
@@ -242,7 +249,8 @@ def save(path, model_cfg, params):
     for i in range(spec.num_layers):
       tensors[f"model.layers.{i}.self_attn.o_proj.bias"] = np.zeros((spec.d_model,), dtype)
 
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config.hf_config(spec, arch, dtype), f, indent=2)
-  st_numpy.save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  path = storage.path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  storage.write_json(path / "config.json", config.hf_config(spec, arch, dtype), indent=2)
+  data = st_numpy.save(tensors, metadata={"format": "pt"})
+  storage.write_bytes(path / "model.safetensors", data)

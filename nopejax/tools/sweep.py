@@ -13,7 +13,7 @@ import json
 import os
 import shlex
 
-from nopejax import experiment
+from nopejax import experiment, storage
 from nopejax.eval import runner
 from nopejax.train import loop, preemption
 
@@ -68,16 +68,13 @@ def expand(module, arg):
 
 
 def finished(cfg, workdir):
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  workdir = storage.path(workdir)
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
     return False
-  with open(path) as f:
-    steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
-  return (
-    bool(steps)
-    and max(steps) >= cfg.train.steps
-    and os.path.isdir(os.path.join(workdir, "checkpoints"))
-  )
+  lines = path.read_text().splitlines()
+  steps = [json.loads(line).get("step", 0) for line in lines if line.strip()]
+  return bool(steps) and max(steps) >= cfg.train.steps and (workdir / "checkpoints").is_dir()
 
 
 def summary(runs, workdir):
@@ -86,11 +83,10 @@ def summary(runs, workdir):
   lines = ["| run | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
   for name, *_ in runs:
     last = {}
-    path = os.path.join(workdir, name, "metrics.jsonl")
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          last.update(json.loads(line))
+    path = storage.path(workdir) / name / "metrics.jsonl"
+    if path.exists():
+      for line in path.read_text().splitlines():
+        last.update(json.loads(line))
     cells = [f"{last[k]:.4g}" if k in last else "" for k in keys]
     lines.append(f"| {name} | {last.get('step', '')} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -120,7 +116,7 @@ def run_local(runs, workdir, *, evaluate=True):
   """
   preemption.watch_sigterm()
   for i, (name, _, cfg, _) in enumerate(runs):
-    run_dir = os.path.join(workdir, name)
+    run_dir = os.fspath(storage.path(workdir) / name)
     if preemption.stop_requested():  # SIGTERM while the previous run was evaluated
       print(
         f"[{i + 1}/{len(runs)}] {name}: stopped by SIGTERM before this run; "
@@ -145,14 +141,13 @@ def run_local(runs, workdir, *, evaluate=True):
     if evaluate:  # now, so a sweep stopped part-way has its finished runs evaluated
       runner.evaluate_runs([run_dir], cache=True)
   text = summary(runs, workdir)
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
-    f.write(text + "\n")
+  storage.write_text(storage.path(workdir) / "summary.md", text + "\n")
   print(text)
   if evaluate:
     results, exp = runner.evaluate_runs(
-      [os.path.join(workdir, name) for name, *_ in runs], cache=True
+      [os.fspath(storage.path(workdir) / name) for name, *_ in runs], cache=True
     )
-    out = os.path.join(workdir, "eval")
+    out = os.fspath(storage.path(workdir) / "eval")
     print(runner.write_outputs(results, exp, out))
     print(f"wrote {out}/results.json, tables.md, accuracy.png")
   return True

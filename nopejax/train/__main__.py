@@ -10,7 +10,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nopejax import experiment
+from nopejax import cli, experiment
 from nopejax.parallel import distributed
 from nopejax.train import loop
 
@@ -29,9 +29,9 @@ def main(argv):
   distributed.initialize()
   try:
     loop.run(experiment.resolve(_CONFIG.value), _WORKDIR.value)
-  except (ValueError, RuntimeError) as e:
+  except RuntimeError as e:  # a run that stopped itself (non-finite losses); bad input: cli.run
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

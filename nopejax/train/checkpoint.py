@@ -1,63 +1,86 @@
-"""Orbax checkpoints of (train state, data iterator state, config), with integrity manifests.
+"""Orbax checkpoints of (train state, each process's data iterator state, config), with integrity
+manifests, restored by one decision that every process shares.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a kill mid-save
-never leaves a half step behind, and old steps are only deleted after a new one is finalized.
-What orbax cannot see is later damage (a truncated or deleted file): each finished step gets a
-manifest of file sizes and CRC32s, checked before restore; a damaged step is moved aside to
-`checkpoints_damaged/` (never deleted) and the previous one is used.
+Orbax writes each step into a temporary directory and renames it when complete (on a bucket, it
+writes a commit file last), so a kill mid-save never leaves a half step behind, and old steps are
+only deleted after a new one is finalized. What orbax cannot see is later damage (a truncated or
+deleted file): once a step is final, each process, in a background thread, writes a manifest of
+the sizes and CRC32s of the files it wrote; before a restore each process checks its own files.
+
+Which step to restore is decided once for all processes: process 0 names the newest step, every
+process checks its part of it, and the verdicts are gathered, so all processes restore the same
+step or all skip it. A damaged step is moved aside to `checkpoints_damaged/` (never deleted) by
+process 0 alone, after which every process reloads the step list.
 """
 
+import concurrent.futures
 import json
 import os
-import shutil
+import re
+import time
 import zlib
 
+import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
-MANIFEST = "nopejax_manifest.json"
+from nopejax import storage
+
+MANIFEST = "nopejax_manifest.process_{}.json"
+_LEGACY_MANIFEST = "nopejax_manifest.json"  # nopejax 0.1: one manifest, written by process 0
+_COMMIT_FILE = "commit_success.txt"  # orbax's end-of-save marker on a bucket
+_OWNER = re.compile(r"(?:^|[/._])process_(\d+)")  # orbax's and grain's per-process file names
 
 
-def _crc32(path):
-  crc = 0
-  with open(path, "rb") as f:
+def _crc32_and_size(p):
+  crc, size = 0, 0
+  with p.open("rb") as f:
     while chunk := f.read(1 << 24):
-      crc = zlib.crc32(chunk, crc)
-  return crc
+      crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+  return crc, size
 
 
-def _files(step_dir):
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      if name != MANIFEST:
-        path = os.path.join(root, name)
-        yield os.path.relpath(path, step_dir), path
+def _owner(rel):
+  """The process that wrote file `rel` of a step: the one its name says, else process 0 (the
+  primary writes orbax's metadata, the JSON items and the merged array index)."""
+  match = _OWNER.search(rel)
+  return int(match.group(1)) if match else 0
 
 
-def write_manifest(step_dir):
-  entries = {rel: [os.path.getsize(p), _crc32(p)] for rel, p in _files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(entries, f)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+def _is_manifest(rel):
+  return rel.startswith("nopejax_manifest")
 
 
-def check_manifest(step_dir):
-  """Returns None when the step's files match its manifest, else what is wrong."""
-  path = os.path.join(step_dir, MANIFEST)
-  if not os.path.exists(path):
-    return "no integrity manifest (the run stopped before it was written)"
-  with open(path) as f:
-    entries = json.load(f)
-  for rel, (size, crc) in entries.items():
-    full = os.path.join(step_dir, rel)
-    if not os.path.exists(full):
-      return f"missing file {rel}"
-    if os.path.getsize(full) != size:
-      return f"file {rel} has {os.path.getsize(full)} bytes, expected {size}"
-    if _crc32(full) != crc:
-      return f"file {rel} fails its CRC32 check"
+def write_manifest(step_dir, process=0):
+  """Records size and CRC32 of every file of `step_dir` that process `process` wrote."""
+  entries = {}
+  for rel, p in storage.walk_files(step_dir):
+    if not _is_manifest(rel) and _owner(rel) == process:
+      crc, size = _crc32_and_size(p)
+      entries[rel] = [size, crc]
+  storage.write_json(storage.path(step_dir) / MANIFEST.format(process), entries)
+
+
+def check_manifest(step_dir, process=0):
+  """None when the files process `process` wrote match its manifest (or it has none yet: a run
+  stopped before writing it), else what is wrong."""
+  step_dir = storage.path(step_dir)
+  names = [MANIFEST.format(process)] + ([_LEGACY_MANIFEST] if process == 0 else [])
+  for name in names:
+    if not (step_dir / name).exists():
+      continue
+    for rel, (size, crc) in storage.read_json(step_dir / name).items():
+      f = step_dir / rel
+      if not f.exists():
+        return f"missing file {rel}"
+      got_crc, got_size = _crc32_and_size(f)
+      if got_size != size:
+        return f"file {rel} has {got_size} bytes, expected {size}"
+      if got_crc != crc:
+        return f"file {rel} fails its CRC32 check"
   return None
 
 
@@ -92,60 +115,138 @@ def _with_retired(abstract_state, saved_state):
   return {**abstract_state, **retired}
 
 
-class Checkpointer:
-  """Saves and restores train state + data iterator state + config under WORKDIR/checkpoints."""
+class _Snapshot:
+  """A data iterator state taken when the save was asked for: grain's handler may write it from
+  orbax's background thread, after the loop has moved the live iterator on."""
 
-  def __init__(self, workdir, *, keep, async_save=True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self.damaged_dir = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
+  def __init__(self, state):
+    self.encoded = json.dumps(state, indent=2).encode()
+
+  def get_state(self):
+    return self.encoded
+
+
+class _Restored:
+  """Receives the state grain's handler reads back for this process."""
+
+  def set_state(self, state):
+    self.state = json.loads(state)
+
+  def start_prefetch(self):
+    pass
+
+
+def _agree(flag: bool) -> bool:
+  """True on every process when `flag` is True on any."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def _from_process_0(value: int) -> int:
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+class Checkpointer:
+  """Saves and restores train state + data iterator state + config under WORKDIR/checkpoints.
+
+  Every process of a job constructs one and makes the same calls in the same order.
+  """
+
+  def __init__(self, workdir, *, keep, async_save=True, manifests=True):
+    root = storage.path(workdir)
+    self.directory = root / "checkpoints"
+    self.damaged_dir = root / "checkpoints_damaged"
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, enable_async_checkpointing=async_save, create=True
     )
     handlers = {
       "state": ocp.StandardCheckpointHandler(),
-      "data": ocp.JsonCheckpointHandler(),
+      # one file per process: process_<i>-of-<n>.json
+      "iterator": grain.checkpoint.CheckpointHandler(),
+      "data": ocp.JsonCheckpointHandler(),  # before nopejax 0.2: process 0's iterator state only
       "config": ocp.JsonCheckpointHandler(),
     }
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self.manifests = manifests  # off only to measure what they cost (nopejax.bench_checkpoint)
+    self._unverified = []  # saved steps whose manifest is not yet started
+    self._manifests = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="manifest")
 
   def _step_dir(self, step):
-    return os.path.join(self.directory, str(step))
+    return self.directory / str(step)
 
-  def _finish_manifests(self):
-    self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      for step in self.manager.all_steps():
-        if not os.path.exists(os.path.join(self._step_dir(step), MANIFEST)):
-          write_manifest(self._step_dir(step))
+  # --- integrity, off the step loop
+  def _finalized(self, step):
+    d = self._step_dir(step)
+    return d.exists() and (not storage.is_remote(d) or (d / _COMMIT_FILE).exists())
+
+  def _manifest_job(self, step, timeout_s=1800):
+    # This process may finish its part of a save before the primary renames (commits) the step.
+    deadline = time.monotonic() + timeout_s
+    while not self._finalized(step):
+      if time.monotonic() > deadline:
+        return
+      time.sleep(0.2)
+    try:
+      write_manifest(self._step_dir(step), jax.process_index())
+    except Exception as e:  # max_to_keep deleted the step meanwhile, or the storage failed
+      if self._step_dir(step).exists():
+        logging.warning("no integrity manifest for checkpoint step %d: %s", step, e)
+
+  def poll(self):
+    """Starts the manifests of steps whose save has finished; cheap, called from the loop."""
+    if self._unverified and not self.manager.is_saving_in_progress():
+      for step in self._unverified:
+        self._manifests.submit(self._manifest_job, step)
+      self._unverified = []
 
   def save(self, step, state, data_state, config_json):
-    self._finish_manifests()
+    """Starts an async save of `step`; `data_state` is this process's iterator state."""
+    self.poll()
     self.manager.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"iterator": data_state}),
+        iterator=grain.checkpoint.CheckpointSave(_Snapshot(data_state)),
         config=ocp.args.JsonSave(json.loads(config_json)),
       ),
     )
+    if self.manifests:
+      self._unverified.append(step)
 
   def close(self):
-    self._finish_manifests()
+    self.manager.wait_until_finished()
+    self.poll()
+    self._manifests.shutdown(wait=True)
     self.manager.close()
 
   def steps(self):
     return sorted(self.manager.all_steps())
+
+  # --- restore: one decision for every process
+  def _problem(self, step):
+    """What is wrong with this process's part of `step`, or None."""
+    try:
+      problem = check_manifest(self._step_dir(step), jax.process_index())
+      if problem is None:
+        self.manager.item_metadata(step)["state"]  # unreadable metadata: damaged
+    except Exception as e:  # orbax and json raise many types for unreadable files
+      problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return problem
 
   def _set_aside(self, step, why):
     logging.warning(
       "checkpoint step %d is damaged (%s); skipping it and moving it to %s",
       step,
       why,
-      self.damaged_dir,
+      os.fspath(self.damaged_dir),
     )
     if jax.process_index() == 0:
-      os.makedirs(self.damaged_dir, exist_ok=True)
-      shutil.move(self._step_dir(step), os.path.join(self.damaged_dir, str(step)))
+      storage.move_tree(self._step_dir(step), self.damaged_dir / str(step))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"nopejax_set_aside_{step}")
     self.manager.reload()
 
   def check_compatible(self, step, abstract_state):
@@ -154,8 +255,29 @@ class Checkpointer:
     problem = _shape_mismatch(saved["params"], abstract_state["params"])
     if problem:
       raise ValueError(
-        f"checkpoint {self._step_dir(step)} does not fit this model config: {problem}"
+        f"checkpoint {os.fspath(self._step_dir(step))} does not fit this model config: {problem}"
       )
+
+  def _data_state(self, step):
+    """(item name, restore args) of this process's iterator state in `step`; refuses a step
+    saved by a different number of processes, whose data positions do not carry over."""
+    d = self._step_dir(step)
+    if (d / "iterator").exists():
+      saved = sorted(p.name for p in (d / "iterator").iterdir() if p.name.startswith("process_"))
+      counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in saved}
+      if counts != {jax.process_count()}:
+        raise ValueError(
+          f"checkpoint {os.fspath(d)} was saved by {sorted(counts)} process(es), this run has "
+          f"{jax.process_count()}: each process's data position is its own, so restart with "
+          "the same number of processes"
+        )
+      return "iterator", grain.checkpoint.CheckpointRestore(_Restored())
+    if jax.process_count() > 1:
+      raise ValueError(
+        f"checkpoint {os.fspath(d)} holds process 0's data position only (written before "
+        "nopejax 0.2); resume it with one process"
+      )
+    return "data", ocp.args.JsonRestore()
 
   def restore_latest(self, abstract_state):
     """(step, state, data_state) from the newest intact checkpoint, or None when there is none.
@@ -163,27 +285,34 @@ class Checkpointer:
     `abstract_state` carries the target shardings, so a checkpoint saved on one mesh restores
     onto another.
     """
-    steps = self.steps()
-    if steps:
-      self.check_compatible(steps[-1], abstract_state)
-    for step in reversed(steps):
-      problem = check_manifest(self._step_dir(step))
-      if problem and "no integrity manifest" not in problem:
-        self._set_aside(step, problem)
+    tried = set()
+    while True:
+      newest = _from_process_0(max((s for s in self.steps() if s not in tried), default=-1))
+      if newest < 0:
+        return None
+      tried.add(newest)
+      problem = self._problem(newest)
+      if _agree(problem is not None):
+        self._set_aside(newest, problem or "damaged on another process")
         continue
+      self.check_compatible(newest, abstract_state)
+      name, data_args = self._data_state(newest)
       try:
-        target = _with_retired(abstract_state, self.manager.item_metadata(step)["state"])
+        target = _with_retired(abstract_state, self.manager.item_metadata(newest)["state"])
         restored = self.manager.restore(
-          step,
+          newest,
           args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target),
-            data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
+            **{name: data_args},
           ),
         )
+        failure = None
       except Exception as e:  # orbax raises many types for unreadable files
-        self._set_aside(step, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        failure = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+      if _agree(failure is not None):
+        self._set_aside(newest, failure or "restore failed on another process")
         continue
       state = {k: v for k, v in restored["state"].items() if k in abstract_state}
-      return step, state, restored["data"]["iterator"]
-    return None
+      data = restored[name]
+      return newest, state, data.state if name == "iterator" else data["iterator"]

@@ -4,15 +4,16 @@ Sections read top to bottom as one run does: the run (mesh, shardings, jitted st
 input, the state (restored or fresh), the loop (log, validate, checkpoint, preemption).
 """
 
-import os
 import time
 
 import jax
 from absl import logging
 
+from nopejax import storage
 from nopejax.data import pipeline
 from nopejax.train import build as build_lib
 from nopejax.train import checkpoint as checkpoint_lib
+from nopejax.train import compile_cache
 from nopejax.train import metrics as metrics_lib
 from nopejax.train import workdir as workdir_lib
 from nopejax.train.preemption import Preemption
@@ -30,16 +31,28 @@ def evaluate_loss(run, params):
   return {"val_loss": totals["ce"] / count, "val_accuracy": totals["correct"] / count}
 
 
+def _startup(started, cache_before):
+  """The first log row's account of a (re)start: seconds to the first step, cache hits."""
+  seen = lambda k: compile_cache.events[k] - cache_before.get(k, 0)
+  return {
+    "startup_s": time.perf_counter() - started,
+    "compile_cache_hits": seen("cache_hits"),
+    "compile_cache_misses": seen("cache_misses"),
+  }
+
+
 def run(exp, workdir):
   """Trains the Experiment `exp` in `workdir`, resuming from its latest checkpoint; returns the
   final params."""
+  started = time.perf_counter()
   t = exp.train
-  workdir_lib.check_workdir(workdir)
+  workdir = workdir_lib.check_workdir(workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(exp.config_json)
+    storage.write_text(workdir / "config.json", exp.config_json)
 
-  # --- run: mesh, shardings, the jitted steps
+  # --- run: mesh, shardings, the jitted steps (loaded from the compilation cache when cached)
+  compile_cache.enable(t.compilation_cache_dir)
+  cache_before = dict(compile_cache.events)
   r = build_lib.build(exp)
 
   # --- input
@@ -63,7 +76,7 @@ def run(exp, workdir):
   writer = metrics_lib.Writer(workdir, total_steps=t.steps, start_step=start, progress=t.progress)
   preemption = Preemption()
   tokens_per_step = exp.data.batch_size * exp.data.seq_len
-  pending = []
+  pending, startup = [], {}
   window_start = time.perf_counter()
   step = start
   try:
@@ -72,6 +85,9 @@ def run(exp, workdir):
         state, metrics = r.train_step(state, r.global_batch(next(train_iter)))
         pending.append(metrics)
         step += 1
+        if step == start + 1:  # time to first step: restore, compile (or cache load), one step
+          jax.block_until_ready(metrics)
+          startup = _startup(started, cache_before)
         last = step == t.steps
         if step % t.log_every == 0 or last:
           fetched = jax.device_get(pending)
@@ -80,7 +96,9 @@ def run(exp, workdir):
             fetched, step=step, elapsed=elapsed, tokens=tokens_per_step * len(fetched)
           )
           pending, window_start = [], time.perf_counter()
-          writer.write(row)
+          writer.write({**row, **startup})
+          startup = {}
+          ckpt.poll()
           if fetched[-1]["bad_steps"] >= t.max_bad_steps:
             raise RuntimeError(
               f"stopping at step {step}: {fetched[-1]['bad_steps']} consecutive steps had a "

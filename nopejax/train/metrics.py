@@ -8,6 +8,8 @@ import numpy as np
 from rich import progress as rich_progress
 from tensorboardX import SummaryWriter
 
+from nopejax import storage
+
 
 def summarize(fetched, *, step, elapsed, tokens):
   """One log row from the per-step metrics of a logging window (already on the host)."""
@@ -24,6 +26,30 @@ def summarize(fetched, *, step, elapsed, tokens):
   }
 
 
+class _Jsonl:
+  """metrics.jsonl, appended to. A bucket object cannot be appended to: there the whole file
+  (a few hundred bytes a row) is written again with each row, so a kill loses no written row."""
+
+  def __init__(self, path):
+    self.path = path
+    if storage.is_remote(path):
+      self.lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    else:
+      self.file = open(path, "a")
+
+  def write(self, line):
+    if storage.is_remote(self.path):
+      self.lines.append(line)
+      storage.write_text(self.path, "".join(self.lines))
+    else:
+      self.file.write(line)
+      self.file.flush()
+
+  def close(self):
+    if not storage.is_remote(self.path):
+      self.file.close()
+
+
 class Writer:
   """Process 0 writes; other processes keep the same interface and write nothing."""
 
@@ -31,8 +57,10 @@ class Writer:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    workdir = storage.path(workdir)
+    self.jsonl = _Jsonl(workdir / "metrics.jsonl")
+    # tensorboardX writes gs:// through google-cloud-storage, local paths itself.
+    self.tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
     self.bar = None
     if progress:
       self.bar = rich_progress.Progress(
@@ -49,7 +77,6 @@ class Writer:
     if not self.active:
       return
     self.jsonl.write(json.dumps(row) + "\n")
-    self.jsonl.flush()
     for key, value in row.items():
       if key != "step":
         self.tb.add_scalar(key, value, row["step"])

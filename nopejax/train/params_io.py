@@ -4,16 +4,11 @@ A params directory holds one pytree (the plain nested dict of `nopejax.init`), n
 no optimizer state, no step, no data iterator. Training checkpoints live elsewhere.
 """
 
-import os
-
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-def _path(directory):
-  # orbax wants absolute paths; a relative WORKDIR from the command line is the common case.
-  return os.path.abspath(os.fspath(directory))
+from nopejax import storage
 
 
 def save_params(directory, params, *, force=False):
@@ -23,8 +18,8 @@ def save_params(directory, params, *, force=False):
   existing directory is an error unless `force`, so trained weights are never overwritten by
   accident.
   """
-  path = _path(directory)
-  if os.path.exists(path) and not force:
+  path = storage.path(directory)  # orbax wants absolute paths (or URLs)
+  if path.exists() and not force:
     raise FileExistsError(f"{path} already exists; pass force=True to overwrite it")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(path, params, force=force)
@@ -39,8 +34,8 @@ def load_params(directory, target=None):
   concrete arrays) restores jax arrays with its shapes, dtypes and shardings; leaves without
   a sharding go to the first device. Shapes that differ from the saved ones are an error.
   """
-  path = _path(directory)
-  if not os.path.isdir(path):
+  path = storage.path(directory)
+  if not path.is_dir():
     raise FileNotFoundError(
       f"{path}: no params directory (written by nopejax.params_io.save_params)"
     )

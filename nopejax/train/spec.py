@@ -39,6 +39,7 @@ def train_config():
   c.init_from = ""  # a workdir holding params/ (e.g. from `nopejax.hf import`) to start from
   c.progress = True  # rich progress bar on the terminal
   c.export_params = True  # write WORKDIR/params/ (params only) at the end of training
+  c.compilation_cache_dir = ""  # compiled steps kept for restarts; "" = ~/.cache/nopejax, "off"
   return c
 
 
@@ -75,6 +76,7 @@ class TrainSpec:
   init_from: str = ""
   progress: bool = True
   export_params: bool = True
+  compilation_cache_dir: str = ""
 
 
 def resolve_train(group) -> TrainSpec:

@@ -7,14 +7,16 @@ Records store token ids, not just text, so reading is a lookup; `inputs` is the 
 whole text file) and `targets` the answer, neither with bos/eos.
 """
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+
+from nopejax import storage
 
 
 class _QuietConfigs(logging.Filter):
@@ -28,9 +30,10 @@ logging.getLogger("absl").addFilter(_QuietConfigs())
 
 
 def data_dir(data_cfg) -> str:
-  """The config's data_dir, else $NOPEJAX_DATA_DIR, else ~/.cache/nopejax/data."""
+  """The config's data_dir, else $NOPEJAX_DATA_DIR, else ~/.cache/nopejax/data (a local path,
+  absolute, or a bucket URL)."""
   path = data_cfg.data_dir or os.environ.get("NOPEJAX_DATA_DIR") or "~/.cache/nopejax/data"
-  return os.path.abspath(os.path.expanduser(path))
+  return os.fspath(storage.path(path))
 
 
 def digest(params) -> str:
@@ -93,12 +96,21 @@ def prepare(builder_cls, config, tokenizer, data_cfg) -> dict:
   # TFDS logs one line per build; its per-split progress bars (dozens for the
   # test splits) would drown a training log.
   tfds.disable_progress_bar()
+
+  # Several processes of one job (or several jobs) may share a data directory: one builds while
+  # the others wait, then they find the finished files and reuse them. ArrayRecord reads and
+  # writes local files only, so a bucket data_dir is built (or fetched) into a local mirror.
+  def build(local):
+    builder_cls(config=config, tokenizer=tokenizer, data_dir=local_root).download_and_prepare(
+      file_format="array_record"
+    )
+
   root = data_dir(data_cfg)
-  os.makedirs(root, exist_ok=True)
-  # Several processes of one job (or several jobs) may share a data directory: one builds
-  # while the others wait on the lock, then find the finished files and reuse them.
-  with open(os.path.join(root, f".{config.name}.lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    builder = builder_cls(config=config, tokenizer=tokenizer, data_dir=root)
-    builder.download_and_prepare(file_format="array_record")
-  return builder.as_data_source()
+  local_root = storage.local_mirror(root)
+  storage.synced_dir(root, f"{builder_cls.name}/{config.name}", build, publish=_publishes())
+  return builder_cls(config=config, tokenizer=tokenizer, data_dir=local_root).as_data_source()
+
+
+def _publishes() -> bool:
+  """Process 0 uploads what it built to a bucket; the others build the same bytes for themselves."""
+  return jax.process_index() == 0

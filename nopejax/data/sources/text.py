@@ -10,7 +10,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from nopejax import specs
+from nopejax import specs, storage
 from nopejax.data.sources import builder
 
 TEXT = True  # a record is a whole file, cut into rows
@@ -105,6 +105,11 @@ def text_sources(data_cfg, tokenizer) -> dict:
 
 
 def validate_corpus(corpus: str) -> None:
+  specs.check(
+    not storage.is_remote(corpus),
+    f"data.corpus: {corpus} is a bucket URL; a corpus is read from local disk (copy it there "
+    "first; data.data_dir may be a bucket)",
+  )
   is_path = corpus != "stdlib" and not any(c in corpus for c in "*?[")
   specs.check(
     not is_path or os.path.exists(os.path.expanduser(corpus)),
