@@ -20,6 +20,7 @@ import os
 import uuid
 
 import fsspec
+import jax
 from etils import epath
 
 REMOTE_PREFIXES = ("gs://", "s3://")
@@ -158,15 +159,16 @@ def local_mirror(root) -> epath.Path:
   return cache_home() / "mirror" / scheme / rest
 
 
-def synced_dir(root, name: str, build, *, publish: bool = True) -> epath.Path:
+def synced_dir(root, name: str, build) -> epath.Path:
   """Local directory `root/name`, filled once by `build(local_dir)`, shared by every process and
   job that uses `root`.
 
   Local `root`: processes of this machine take turns under a file lock; `build` must reuse what
   a previous call left (TFDS does). Remote `root`: the directory is built (or downloaded, once
-  published) in this machine's mirror under the same lock, and, when `publish`, uploaded with
-  the marker written last, so a reader never takes a half-uploaded directory for a whole one.
-  Building is deterministic, so two machines that race publish the same bytes.
+  published) in this machine's mirror under the same lock, and process 0 of the job uploads it
+  with the marker written last, so a reader never takes a half-uploaded directory for a whole
+  one; the other processes build the same bytes for themselves. Building is deterministic, so
+  two jobs that race publish the same bytes.
   """
   remote = path(root) / name
   local = local_mirror(root) / name
@@ -179,7 +181,7 @@ def synced_dir(root, name: str, build, *, publish: bool = True) -> epath.Path:
         copy_tree(remote, local)
       else:
         build(local)
-        if publish:
+        if jax.process_index() == 0:
           copy_tree(local, remote)
           write_text(remote / COMPLETE, "ok")
       write_text(local / COMPLETE, "ok")

@@ -22,8 +22,6 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
-import jax
-
 from nopejax import storage
 from nopejax.data import tasks
 from nopejax.data.sources import builder
@@ -231,7 +229,5 @@ def sentencepiece_model(data_cfg) -> str:
     if not (local / MODEL_FILE).exists():
       train_sentencepiece(train_files, data_cfg.vocab_size_sp, local / MODEL_FILE)
 
-  data_dir = builder.data_dir(data_cfg)
-  publish = jax.process_index() == 0
-  local = storage.synced_dir(data_dir, f"tokenizers/{name}", build, publish=publish)
+  local = storage.synced_dir(builder.data_dir(data_cfg), f"tokenizers/{name}", build)
   return os.fspath(local / MODEL_FILE)

@@ -290,9 +290,6 @@ def report(runs, train_lengths, paths):
 
 def write(sweep_dirs, out=None, plot_path=None):
   """The report of the sweeps (also written to `out`), with its plot at `plot_path`."""
-  for path in (out, plot_path):
-    if path:
-      storage.path(path).parent.mkdir(parents=True, exist_ok=True)
   runs, train_lengths, paths = load_runs(sweep_dirs)
   text = report(runs, train_lengths, paths)
   if plot_path:

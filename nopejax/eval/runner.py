@@ -102,8 +102,7 @@ def _cached(workdir, name, key):
 def write_outputs(runs, exp, out_dir):
   """results.json, tables.md and a PNG per kind present (accuracy, lm, passkey) in out_dir;
   returns the tables' text."""
-  out_dir = storage.path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = storage.path(out_dir)  # storage's writes create it
   storage.write_json(out_dir / "results.json", runs, indent=2)
   parts = []
   for kind in KINDS.values():

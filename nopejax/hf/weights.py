@@ -249,8 +249,7 @@ def save(path, model_cfg, params):
     for i in range(spec.num_layers):
       tensors[f"model.layers.{i}.self_attn.o_proj.bias"] = np.zeros((spec.d_model,), dtype)
 
-  path = storage.path(path)
-  path.mkdir(parents=True, exist_ok=True)
+  path = storage.path(path)  # storage's writes create it
   storage.write_json(path / "config.json", config.hf_config(spec, arch, dtype), indent=2)
   data = st_numpy.save(tensors, metadata={"format": "pt"})
   storage.write_bytes(path / "model.safetensors", data)

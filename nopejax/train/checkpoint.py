@@ -136,6 +136,11 @@ class _Restored:
     pass
 
 
+def _why(e: Exception) -> str:
+  """An exception as one short line, for the damaged-step warning."""
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def _agree(flag: bool) -> bool:
   """True on every process when `flag` is True on any."""
   if jax.process_count() == 1:
@@ -226,15 +231,14 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   # --- restore: one decision for every process
-  def _problem(self, step):
-    """What is wrong with this process's part of `step`, or None."""
+  def _inspect(self, step):
+    """(the saved state's metadata, None) when this process's part of `step` is intact, else
+    (None, what is wrong): a file failing its manifest, or metadata that does not read."""
     try:
       problem = check_manifest(self._step_dir(step), jax.process_index())
-      if problem is None:
-        self.manager.item_metadata(step)["state"]  # unreadable metadata: damaged
+      return (None, problem) if problem else (self.manager.item_metadata(step)["state"], None)
     except Exception as e:  # orbax and json raise many types for unreadable files
-      problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return problem
+      return None, _why(e)
 
   def _set_aside(self, step, why):
     logging.warning(
@@ -249,9 +253,8 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"nopejax_set_aside_{step}")
     self.manager.reload()
 
-  def check_compatible(self, step, abstract_state):
+  def _check_compatible(self, step, saved, abstract_state):
     """Raises before anything is touched when the saved shapes do not fit the model config."""
-    saved = self.manager.item_metadata(step)["state"]
     problem = _shape_mismatch(saved["params"], abstract_state["params"])
     if problem:
       raise ValueError(
@@ -291,25 +294,24 @@ class Checkpointer:
       if newest < 0:
         return None
       tried.add(newest)
-      problem = self._problem(newest)
+      saved, problem = self._inspect(newest)
       if _agree(problem is not None):
         self._set_aside(newest, problem or "damaged on another process")
         continue
-      self.check_compatible(newest, abstract_state)
+      self._check_compatible(newest, saved, abstract_state)
       name, data_args = self._data_state(newest)
       try:
-        target = _with_retired(abstract_state, self.manager.item_metadata(newest)["state"])
         restored = self.manager.restore(
           newest,
           args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
+            state=ocp.args.StandardRestore(_with_retired(abstract_state, saved)),
             config=ocp.args.JsonRestore(),
             **{name: data_args},
           ),
         )
         failure = None
       except Exception as e:  # orbax raises many types for unreadable files
-        failure = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        failure = _why(e)
       if _agree(failure is not None):
         self._set_aside(newest, failure or "restore failed on another process")
         continue

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -107,10 +106,5 @@ def prepare(builder_cls, config, tokenizer, data_cfg) -> dict:
 
   root = data_dir(data_cfg)
   local_root = storage.local_mirror(root)
-  storage.synced_dir(root, f"{builder_cls.name}/{config.name}", build, publish=_publishes())
+  storage.synced_dir(root, f"{builder_cls.name}/{config.name}", build)
   return builder_cls(config=config, tokenizer=tokenizer, data_dir=local_root).as_data_source()
-
-
-def _publishes() -> bool:
-  """Process 0 uploads what it built to a bucket; the others build the same bytes for themselves."""
-  return jax.process_index() == 0
