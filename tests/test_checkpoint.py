@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -163,6 +164,24 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, caplog, damage):
   assert sorted(
     int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()
   ) == [10, 20]
+
+
+def test_close_returns_when_older_steps_were_deleted_before_their_manifest(tmp_path, monkeypatch):
+  # A slow disk: every save is still running at the next poll, so the manifests of steps 1-3
+  # are only started at close(), after max_to_keep=1 deleted steps 1 and 2.
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "run"), keep=1)
+  monkeypatch.setattr(ckpt.manager, "is_saving_in_progress", lambda: True)
+  for step in (1, 2, 3):
+    ckpt.save(step, {"step": np.int32(step)}, {"position": step}, "{}")
+    ckpt.manager.wait_until_finished()
+  monkeypatch.undo()
+  closing = threading.Thread(target=ckpt.close, daemon=True)
+  closing.start()
+  closing.join(timeout=300)  # it waited 30 minutes per deleted step before the fix
+  assert not closing.is_alive()
+  assert ckpt.steps() == [3]
+  assert checkpoint_lib.check_manifest(ckpt.directory / "3") is None
+  assert (ckpt.directory / "3" / checkpoint_lib.MANIFEST.format(0)).exists()
 
 
 def test_incompatible_config_is_named_and_nothing_changes(tmp_path):

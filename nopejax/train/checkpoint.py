@@ -187,11 +187,19 @@ class Checkpointer:
     d = self._step_dir(step)
     return d.exists() and (not storage.is_remote(d) or (d / _COMMIT_FILE).exists())
 
+  def _pending(self, step):
+    """False once `step` is neither being saved nor saved: max_to_keep deleted it. The temporary
+    directory is looked at first: a rename to the final name would otherwise slip between the
+    two checks."""
+    saving = any(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+    return saving or self._step_dir(step).exists()
+
   def _manifest_job(self, step, timeout_s=1800):
-    # This process may finish its part of a save before the primary renames (commits) the step.
+    # This process may finish its part of a save before the primary renames (commits) the step,
+    # and a step may be deleted (max_to_keep) before its manifest is started.
     deadline = time.monotonic() + timeout_s
     while not self._finalized(step):
-      if time.monotonic() > deadline:
+      if time.monotonic() > deadline or not self._pending(step):
         return
       time.sleep(0.2)
     try:
