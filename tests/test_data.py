@@ -1,4 +1,5 @@
-"""The data layer: builders, tokenizers, the grain pipeline and config validation."""
+"""The data layer: builders, stored documents, tokenizers, the global-order pipeline and config
+validation."""
 
 import collections
 import dataclasses
@@ -274,24 +275,26 @@ def test_loss_mask_covers_exactly_the_answer(cfg):
       assert trained == answers[doc[: len(doc) - len(trained)]]
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_train_iter_resumes_from_a_json_state(cfg, num_workers):
-  cfg = dataclasses.replace(cfg, num_workers=num_workers)
+def take(it, n):
+  return [next(it) for _ in range(n)]
 
-  def take(it, n):  # copies: worker batches live in shared memory freed on close
-    return [{k: np.array(v) for k, v in next(it).items()} for _ in range(n)]
 
+def assert_batches_equal(got, want):
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    for key in w:
+      np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
+def test_train_iter_resumes_from_a_json_state(cfg):
   it = data.train_iter(cfg, process_index=0, process_count=1)
   take(it, 30)  # several epochs of 96 documents
   state = json.loads(json.dumps(it.get_state()))
+  assert state["epoch"] > 1
   expected = take(it, 5)
   resumed = data.train_iter(cfg, process_index=0, process_count=1)
   resumed.set_state(state)
-  for want, got in zip(expected, take(resumed, 5)):
-    for key in want:
-      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-  it.close()
-  resumed.close()
+  assert_batches_equal(take(resumed, 5), expected)
 
 
 def test_train_iter_is_deterministic_and_reshuffles_each_epoch(cfg):
@@ -307,18 +310,76 @@ def test_train_iter_is_deterministic_and_reshuffles_each_epoch(cfg):
   assert first != second and sorted(first) == sorted(second)
 
 
-def test_processes_split_the_documents_without_overlap(cfg):
-  cfg = dataclasses.replace(cfg, pack=False, batch_size=8)
-  per_process = []
-  for index in (0, 1):
-    it = data.train_iter(cfg, process_index=index, process_count=2)
-    batches = [next(it) for _ in range(12)]  # 12 x 4 rows: one epoch of this half
-    assert batches[0]["inputs"].shape == (4, cfg.seq_len)
-    per_process.append(collections.Counter(d for b in batches for d in documents(b)))
-  everything = collections.Counter(
-    all_docs(cfg, "copy", "train") + all_docs(cfg, "addition", "train")
+@pytest.mark.parametrize("pack", [True, False])
+def test_one_two_or_four_processes_make_the_same_global_batches(cfg, pack):
+  """Process p of n holds rows p/n..(p+1)/n of every global batch, across epochs; the state is
+  the same global position on every process."""
+  cfg = dataclasses.replace(cfg, pack=pack, batch_size=8)
+  whole = take(data.train_iter(cfg, process_index=0, process_count=1), 40)
+  for count in (2, 4):
+    its = [data.train_iter(cfg, process_index=i, process_count=count) for i in range(count)]
+    parts = [take(it, 40) for it in its]
+    assert parts[0][0]["inputs"].shape == (8 // count, cfg.seq_len)
+    joined = [{k: np.concatenate([p[b][k] for p in parts]) for k in whole[b]} for b in range(40)]
+    assert_batches_equal(joined, whole)
+    assert len({json.dumps(it.get_state()) for it in its}) == 1
+
+
+def test_a_position_saved_on_two_processes_resumes_on_one(cfg):
+  cfg = dataclasses.replace(cfg, batch_size=8)
+  two = [data.train_iter(cfg, process_index=i, process_count=2) for i in (0, 1)]
+  for it in two:
+    take(it, 17)
+  state = json.loads(json.dumps(two[0].get_state()))
+  expected = [
+    {k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(take(two[0], 6), take(two[1], 6))
+  ]
+  one = data.train_iter(cfg, process_index=0, process_count=1)
+  one.set_state(state)
+  assert_batches_equal(take(one, 6), expected)
+  one.seek(17)  # a 0.1 checkpoint's position, recomputed from the step
+  assert_batches_equal(take(one, 6), expected)
+
+
+def test_prefetch_hands_out_batches_in_order_with_the_consumers_position(cfg):
+  plain = data.train_iter(cfg, process_index=0, process_count=1)
+  ahead = pipeline.Prefetch(data.train_iter(cfg, process_index=0, process_count=1), depth=3)
+  for _ in range(7):
+    assert_batches_equal([next(ahead)], [next(plain)])
+    assert ahead.get_state() == plain.get_state()  # not the producer's, which is ahead
+  ahead.close()
+
+  class Failing:
+    def get_state(self):
+      return {}
+
+    def __next__(self):
+      raise ValueError("data.corpus: broken")
+
+  with pytest.raises(ValueError, match="data.corpus: broken"):
+    next(pipeline.Prefetch(Failing()))
+
+
+def test_documents_are_stored_once_and_an_unreadable_store_is_one_line(cfg):
+  batch = next(data.train_iter(cfg, process_index=0, process_count=1))
+  stores = sorted(
+    r for r, _, names in os.walk(os.path.join(cfg.data_dir, "documents")) if "tokens.npy" in names
   )
-  assert per_process[0] + per_process[1] == everything
+  assert [os.path.basename(s) for s in stores] == ["train", "train"]  # copy and addition
+  stamp = [os.path.getmtime(os.path.join(s, "tokens.npy")) for s in stores]
+  assert_batches_equal([next(data.train_iter(cfg, process_index=0, process_count=1))], [batch])
+  assert stamp == [os.path.getmtime(os.path.join(s, "tokens.npy")) for s in stores]
+  with open(os.path.join(stores[0], "starts.npy"), "wb") as f:
+    f.write(b"not numpy")
+  with pytest.raises(ValueError, match=r"^data.data_dir: the document cache .* is unreadable") as e:
+    data.train_iter(cfg, process_index=0, process_count=1)
+  assert "\n" not in str(e.value)
+
+
+def test_too_few_rows_for_a_batch_is_one_line(cfg):
+  cfg = dataclasses.replace(cfg, tasks="copy", num_train=3, batch_size=64)
+  with pytest.raises(ValueError, match=r"^data.batch_size: the train split packs into \d+ rows"):
+    data.train_iter(cfg, process_index=0, process_count=1)
 
 
 def test_eval_iter_gives_each_process_its_rows_of_the_same_batches(cfg):

@@ -1,38 +1,39 @@
-"""The grain input pipeline: stored records to fixed-length batches of rows.
+"""The input pipeline: stored documents to fixed-length batches of rows, in one global order.
 
-A *document* is `[bos] + prompt + answer + [eos]` (a task or passkey example) or
-`[bos] + text + [eos]` (a corpus file). A row of a batch holds one document
-(`pack=False`) or several packed end to end, each with its own `segment_ids`
-value and `positions` from 0. For every row, `targets[t]` is the token after
-`inputs[t]` in the same document, and `loss_mask` is 1 where `targets[t]` is
-trained on: the answer (with its eos) for tasks and passkey, every token for text.
+A *document* is `[bos] + prompt + answer + [eos]` (a task or passkey example) or a window of
+`[bos] + text + [eos]` (a corpus file, cut into windows of seq_len + 1 tokens that overlap by
+one). A row holds one document (`pack=False`) or several packed end to end, each with its own
+`segment_ids` value and `positions` from 0. For every row, `targets[t]` is the token after
+`inputs[t]` in the same document, and `loss_mask` is 1 where `targets[t]` is trained on: the
+answer (with its eos) for tasks and passkey, every token for text.
 
-Batches are dicts of numpy arrays, each process getting `batch_size /
-process_count` rows:
+The order of the training rows is a function of `data.seed` and the epoch alone
+(nopejax.data.packing): global batch k of an epoch is its rows [k B, (k + 1) B), and process p
+of n takes rows [k B + p B / n, k B + (p + 1) B / n). The iterator state is that global
+position, {"epoch", "batch"}, the same on every process, so a run can resume on any number of
+processes and see exactly the batches it would have seen.
+
+Batches are dicts of numpy arrays, each process getting `batch_size / process_count` rows:
   inputs, targets, segment_ids, positions  int32[B, T]
   loss_mask                                float32[B, T]
 """
 
-import functools
+import queue
+import threading
 from collections.abc import Iterator
 
-import grain
 import jax
 import numpy as np
-from absl import flags
+from absl import logging
 
-from nopejax.data import tokenizers
+from nopejax.data import documents, packing, tokenizers
 from nopejax.data.sources import SOURCES
 
 Batch = dict[str, np.ndarray]
-# Decoding a record is Python under the GIL, so reader threads only contend
-# (2 cores: 3.7k documents/s with none, 1.4k with grain's default 16);
-# parallelism comes from data.num_workers processes instead.
-_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
 def sources(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, list]:
-  """The tokenizer and the data sources holding `split` (one per task), built if needed."""
+  """The tokenizer and the TFDS sources holding `split` (one per task), built if needed."""
   tok = tokenizers.get_tokenizer(data_cfg)
   by_name = SOURCES[data_cfg.kind].sources(data_cfg, tok)
   found = [splits[split] for splits in by_name.values() if split in splits]
@@ -44,103 +45,23 @@ def sources(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, list]:
   return tok, found
 
 
-class _Documents(grain.experimental.FlatMapTransform):
-  """A stored record to its documents as unpadded rows (inputs, targets, loss_mask).
-
-  A task or passkey record is one document, cut or refused when longer than
-  seq_len + 1 tokens; a text file is cut into windows of seq_len + 1 tokens that
-  overlap by one, so every token is a target exactly once.
-  """
-
-  def __init__(self, *, text: bool, seq_len: int, overflow: str, bos_id: int, eos_id: int):
-    self.text, self.seq_len, self.overflow = text, seq_len, overflow
-    self.bos_id, self.eos_id = bos_id, eos_id
-
-  def flat_map(self, record: dict) -> list[Batch]:
-    if self.text:
-      doc = self._document(record["inputs"])
-      return [
-        _row(doc[s : s + self.seq_len + 1], prompt_len=0)
-        for s in range(0, len(doc) - 1, self.seq_len)
-      ]
-    prompt = record["inputs"]
-    doc = self._document(prompt, record["targets"])
-    if len(doc) > self.seq_len + 1:
-      if self.overflow == "error":
-        raise ValueError(
-          f"data.seq_len: a document of {len(doc)} tokens needs data.seq_len >= "
-          f"{len(doc) - 1}, got {self.seq_len} (or set data.overflow=truncate)"
-        )
-      doc = doc[: self.seq_len + 1]
-    return [_row(doc, prompt_len=len(prompt))]
-
-  def _document(self, *parts: np.ndarray) -> np.ndarray:
-    return np.concatenate([[self.bos_id], *parts, [self.eos_id]]).astype(np.int32)
-
-
-def _row(doc: np.ndarray, prompt_len: int) -> Batch:
-  # targets[t] = doc[t + 1], so the answer's first token is targets[prompt_len].
-  return {
-    "inputs": doc[:-1],
-    "targets": doc[1:],
-    "loss_mask": (np.arange(len(doc) - 1) >= prompt_len).astype(np.float32),
-  }
-
-
-def _pad_row(row: Batch, *, seq_len: int, pad_id: int) -> Batch:
-  """One document per row: pad to seq_len, segment 1 on its tokens."""
-  length = len(row["inputs"])
-  pad = (0, seq_len - length)
-  is_real_T = np.arange(seq_len) < length
-  return {
-    "inputs": np.pad(row["inputs"], pad, constant_values=pad_id),
-    "targets": np.pad(row["targets"], pad, constant_values=pad_id),
-    "segment_ids": is_real_T.astype(np.int32),
-    "positions": np.where(is_real_T, np.arange(seq_len), 0).astype(np.int32),
-    "loss_mask": np.pad(row["loss_mask"], pad),
-  }
-
-
-def _from_packed(row: Batch) -> Batch:
-  # Grain numbers segments and positions per packed feature; inputs' serve all.
-  return {
-    "inputs": row["inputs"],
-    "targets": row["targets"],
-    "segment_ids": row["inputs_segment_ids"],
-    "positions": row["inputs_positions"],
-    "loss_mask": row["loss_mask"],
-  }
-
-
-def _rows(
-  records: grain.IterDataset, data_cfg, tok, *, num_bins: int, shuffle: bool
-) -> grain.IterDataset:
-  """Stored records to fixed [seq_len] rows, packed or one document each."""
-  docs = grain.experimental.FlatMapIterDataset(
-    records,
-    _Documents(
-      text=SOURCES[data_cfg.kind].TEXT,
-      seq_len=data_cfg.seq_len,
-      overflow=data_cfg.overflow,
-      bos_id=tok.bos_id,
-      eos_id=tok.eos_id,
-    ),
+def split_documents(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, documents.Documents]:
+  """The tokenizer and every document of `split` (the tasks of data.tasks one after another),
+  as rows will take them: text cut into windows, task documents checked against seq_len."""
+  tok, found = sources(data_cfg, split)
+  text = SOURCES[data_cfg.kind].TEXT
+  docs = documents.concatenate(
+    [documents.stored(data_cfg, s, split, tok, text=text) for s in found]
   )
-  if not data_cfg.pack:
-    return docs.map(functools.partial(_pad_row, seq_len=data_cfg.seq_len, pad_id=tok.pad_id))
-  features = ("inputs", "targets", "loss_mask")
-  packed = grain.experimental.FirstFitPackIterDataset(
-    docs,
-    length_struct={k: data_cfg.seq_len for k in features},
-    num_packing_bins=num_bins,
-    seed=data_cfg.seed,
-    shuffle_bins=shuffle,
-    padding_struct={"inputs": tok.pad_id, "targets": tok.pad_id, "loss_mask": 0},
-  )
-  return packed.map(_from_packed)
-
-
-# ---------------------------------------------------------------- iterators
+  if text:
+    return tok, docs.windows(data_cfg.seq_len)
+  longest = int(docs.lengths.max(initial=0))
+  if longest > data_cfg.seq_len + 1 and data_cfg.overflow == "error":
+    raise ValueError(
+      f"data.seq_len: a document of {longest} tokens needs data.seq_len >= {longest - 1}, "
+      f"got {data_cfg.seq_len} (or set data.overflow=truncate)"
+    )
+  return tok, docs
 
 
 def _process_rows(data_cfg, process_index, process_count) -> tuple[int, int, int]:
@@ -156,69 +77,181 @@ def _process_rows(data_cfg, process_index, process_count) -> tuple[int, int, int
   return process_index, process_count, data_cfg.batch_size // process_count
 
 
-def train_iter(data_cfg, *, process_index=None, process_count=None) -> grain.DatasetIterator:
-  """Endless per-process batches of the 'train' split, reshuffled every epoch.
+# ---------------------------------------------------------------- training
 
-  The iterator's `get_state()` is a JSON-able dict; `set_state` on a fresh
-  iterator from the same config continues with exactly the batches that would
-  have followed. Each process reads a disjoint 1/process_count of the documents.
+
+class TrainIterator:
+  """Endless batches of the 'train' split for one process, reshuffled and repacked every epoch.
+
+  `get_state()` is the global position {"epoch", "batch"} (JSON-able, equal on every process);
+  `set_state` on a fresh iterator from the same data config, with any process count, continues
+  with exactly the batches that would have followed.
   """
-  index, count, rows = _process_rows(data_cfg, process_index, process_count)
-  tok, found = sources(data_cfg, "train")
-  records = grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in found])
-  records = records[index::count]
-  if data_cfg.shuffle:
-    records = records.shuffle(seed=data_cfg.seed)  # reseeded per epoch by repeat
-  records = records.repeat(None).to_iter_dataset(_READ_OPTIONS)
-  batches = _rows(records, data_cfg, tok, num_bins=rows, shuffle=data_cfg.shuffle)
-  batches = batches.batch(rows, drop_remainder=True)
-  if data_cfg.num_workers:
-    # grain 0.2.18's workers read absl flags, which fails outside an absl app
-    # (google/grain#1355); flags parsed by an entry point are left alone.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
-  return iter(batches)
+
+  def __init__(self, data_cfg, *, process_index=None, process_count=None):
+    self.cfg = data_cfg
+    index, _, self.rows = _process_rows(data_cfg, process_index, process_count)
+    self.offset = index * self.rows  # this process's first row within a global batch
+    tok, self.docs = split_documents(data_cfg, "train")
+    self.pad_id = tok.pad_id
+    self.epoch, self.batch, self._layout = 0, 0, None
+    rows = self._epoch().num_rows
+    if rows < data_cfg.batch_size:
+      raise ValueError(
+        f"data.batch_size: the train split packs into {rows} rows of data.seq_len="
+        f"{data_cfg.seq_len}, fewer than data.batch_size={data_cfg.batch_size}; generate more "
+        "documents (data.num_train) or lower the batch size"
+      )
+
+  def _epoch(self) -> packing.Epoch:
+    if self._layout is None or self._layout[0] != self.epoch:
+      c = self.cfg
+      epoch = packing.layout(
+        self.docs, seq_len=c.seq_len, seed=c.seed, epoch=self.epoch, shuffle=c.shuffle, pack=c.pack
+      )
+      self._layout = (self.epoch, epoch)
+    return self._layout[1]
+
+  def batches_in_epoch(self) -> int:
+    return self._epoch().num_rows // self.cfg.batch_size
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    while self.batch >= self.batches_in_epoch():  # the last partial batch is dropped
+      self.epoch, self.batch = self.epoch + 1, 0
+    first = self.batch * self.cfg.batch_size + self.offset
+    ids, per_row = self._epoch().row_documents(first, first + self.rows)
+    self.batch += 1
+    return packing.rows(self.docs, ids, per_row, seq_len=self.cfg.seq_len, pad_id=self.pad_id)
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "batch": self.batch}
+
+  def set_state(self, state: dict) -> None:
+    if not (isinstance(state, dict) and {"epoch", "batch"} <= set(state)):
+      raise ValueError(f"data state: expected a global position {{epoch, batch}}, got {state!r}")
+    self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+  def seek(self, num_batches: int) -> None:
+    """Moves to the position after `num_batches` batches from the start (for a checkpoint of
+    nopejax 0.1, whose data position does not carry over: one batch per step)."""
+    self.epoch, self.batch = 0, 0
+    while num_batches >= self.batches_in_epoch():
+      num_batches -= self.batches_in_epoch()
+      self.epoch += 1
+    self.batch = num_batches
+
+  def close(self) -> None:
+    pass
+
+
+def train_iter(data_cfg, *, process_index=None, process_count=None) -> TrainIterator:
+  """This process's endless batches of the 'train' split (see TrainIterator)."""
+  return TrainIterator(data_cfg, process_index=process_index, process_count=process_count)
+
+
+class Prefetch:
+  """`iterator`'s batches, prepared `depth` ahead on a background thread and passed through
+  `transform` there (the put onto the devices), so the next batch is ready while a step runs.
+
+  `get_state()` is the iterator's position after the last batch handed out, not after the
+  ones waiting in the queue, so a checkpoint resumes exactly.
+  """
+
+  def __init__(self, iterator, transform=lambda batch: batch, depth: int = 2):
+    self._iterator, self._transform = iterator, transform
+    self._state = iterator.get_state()
+    self._queue = queue.Queue(depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, name="prefetch", daemon=True)
+    self._thread.start()
+
+  def _fill(self):
+    try:
+      while not self._stop.is_set():
+        item = (self._transform(next(self._iterator)), self._iterator.get_state(), None)
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # handed to the consumer, which raises it where it waits
+      self._queue.put((None, None, e))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._state = state
+    return batch
+
+  def get_state(self) -> dict:
+    return self._state
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class EvalBatches:
+  """One deterministic pass over `split`, in per-process batches, as often as iterated (the
+  documents are read once).
+
+  Every process lays out the whole split and keeps its own rows of each global batch, so all
+  processes see the same number of batches (a collective step never waits on a process that
+  ran out); the last batch is filled with empty rows (segment_ids and loss_mask 0).
+  """
+
+  def __init__(
+    self, data_cfg, split: str = "validation", *, process_index=None, process_count=None
+  ):
+    self.cfg = data_cfg
+    index, _, self.rows = _process_rows(data_cfg, process_index, process_count)
+    self.offset = index * self.rows
+    tok, self.docs = split_documents(data_cfg, split)
+    self.pad_id = tok.pad_id
+    c = data_cfg
+    self.epoch = packing.layout(
+      self.docs, seq_len=c.seq_len, seed=c.seed, epoch=0, shuffle=False, pack=c.pack
+    )
+
+  def __iter__(self) -> Iterator[Batch]:
+    total = self.epoch.num_rows
+    for first in range(0, total, self.cfg.batch_size):
+      lo = min(first + self.offset, total)
+      hi = min(lo + self.rows, total)
+      ids, per_row = self.epoch.row_documents(lo, hi)
+      per_row = np.concatenate([per_row, np.zeros(self.rows - (hi - lo), np.int64)])
+      yield packing.rows(self.docs, ids, per_row, seq_len=self.cfg.seq_len, pad_id=self.pad_id)
 
 
 def eval_iter(
   data_cfg, split: str = "validation", *, process_index=None, process_count=None
 ) -> Iterator[Batch]:
-  """One deterministic pass over `split`, in per-process batches.
-
-  Every process reads the whole split and keeps its own rows of each global
-  batch, so all processes see the same number of batches (a collective step
-  never waits on a process that ran out); the last batch is filled with empty
-  rows (segment_ids and loss_mask 0).
-  """
-  index, _, rows = _process_rows(data_cfg, process_index, process_count)
-  tok, found = sources(data_cfg, split)
-  records = grain.MapDataset.concatenate([grain.MapDataset.source(s) for s in found])
-  batches = _rows(
-    records.to_iter_dataset(_READ_OPTIONS),
-    data_cfg,
-    tok,
-    num_bins=data_cfg.batch_size,
-    shuffle=False,
+  """One deterministic pass over `split` (see EvalBatches)."""
+  return iter(
+    EvalBatches(data_cfg, split, process_index=process_index, process_count=process_count)
   )
-  batches = batches.batch(data_cfg.batch_size).map(
-    functools.partial(
-      _fill_and_take,
-      batch_size=data_cfg.batch_size,
-      start=index * rows,
-      rows=rows,
-      pad_id=tok.pad_id,
-    )
+
+
+def restore_position(iterator: TrainIterator, state, step: int) -> None:
+  """Sets `iterator` to a checkpoint's data position; a position saved by nopejax 0.1's grain
+  pipeline (another order) is recomputed as `step` batches from the start."""
+  if isinstance(state, dict) and {"epoch", "batch"} <= set(state):
+    iterator.set_state(state)
+    return
+  logging.warning(
+    "the checkpoint's data position is nopejax 0.1's; the data order changed in 0.2, so the "
+    "run continues at batch %d of the new order",
+    step,
   )
-  return iter(batches)
-
-
-def _fill_and_take(batch: Batch, *, batch_size: int, start: int, rows: int, pad_id: int) -> Batch:
-  missing = batch_size - len(batch["inputs"])
-  filled = {
-    k: np.pad(
-      v, ((0, missing), (0, 0)), constant_values=pad_id if k in ("inputs", "targets") else 0
-    )
-    for k, v in batch.items()
-  }
-  return {k: v[start : start + rows] for k, v in filled.items()}
+  iterator.seek(step)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of (train state, each process's data iterator state, config), with integrity
+"""Orbax checkpoints of (train state, the global data position, config), with integrity
 manifests, restored by one decision that every process shares.
 
 Orbax writes each step into a temporary directory and renames it when complete (on a bucket, it
@@ -20,7 +20,6 @@ import re
 import time
 import zlib
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -32,7 +31,7 @@ from nopejax import storage
 MANIFEST = "nopejax_manifest.process_{}.json"
 _LEGACY_MANIFEST = "nopejax_manifest.json"  # nopejax 0.1: one manifest, written by process 0
 _COMMIT_FILE = "commit_success.txt"  # orbax's end-of-save marker on a bucket
-_OWNER = re.compile(r"(?:^|[/._])process_(\d+)")  # orbax's and grain's per-process file names
+_OWNER = re.compile(r"(?:^|[/._])process_(\d+)")  # orbax's per-process file names
 
 
 def _crc32_and_size(p):
@@ -115,27 +114,6 @@ def _with_retired(abstract_state, saved_state):
   return {**abstract_state, **retired}
 
 
-class _Snapshot:
-  """A data iterator state taken when the save was asked for: grain's handler may write it from
-  orbax's background thread, after the loop has moved the live iterator on."""
-
-  def __init__(self, state):
-    self.encoded = json.dumps(state, indent=2).encode()
-
-  def get_state(self):
-    return self.encoded
-
-
-class _Restored:
-  """Receives the state grain's handler reads back for this process."""
-
-  def set_state(self, state):
-    self.state = json.loads(state)
-
-  def start_prefetch(self):
-    pass
-
-
 def _why(e: Exception) -> str:
   """An exception as one short line, for the damaged-step warning."""
   return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -155,7 +133,7 @@ def _from_process_0(value: int) -> int:
 
 
 class Checkpointer:
-  """Saves and restores train state + data iterator state + config under WORKDIR/checkpoints.
+  """Saves and restores train state + data position + config under WORKDIR/checkpoints.
 
   Every process of a job constructs one and makes the same calls in the same order.
   """
@@ -169,9 +147,7 @@ class Checkpointer:
     )
     handlers = {
       "state": ocp.StandardCheckpointHandler(),
-      # one file per process: process_<i>-of-<n>.json
-      "iterator": grain.checkpoint.CheckpointHandler(),
-      "data": ocp.JsonCheckpointHandler(),  # before nopejax 0.2: process 0's iterator state only
+      "data": ocp.JsonCheckpointHandler(),  # the global data position, equal on every process
       "config": ocp.JsonCheckpointHandler(),
     }
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -216,13 +192,13 @@ class Checkpointer:
       self._unverified = []
 
   def save(self, step, state, data_state, config_json):
-    """Starts an async save of `step`; `data_state` is this process's iterator state."""
+    """Starts an async save of `step`; `data_state` is the (global) data iterator position."""
     self.poll()
     self.manager.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        iterator=grain.checkpoint.CheckpointSave(_Snapshot(data_state)),
+        data=ocp.args.JsonSave(data_state),
         config=ocp.args.JsonSave(json.loads(config_json)),
       ),
     )
@@ -269,27 +245,6 @@ class Checkpointer:
         f"checkpoint {os.fspath(self._step_dir(step))} does not fit this model config: {problem}"
       )
 
-  def _data_state(self, step):
-    """(item name, restore args) of this process's iterator state in `step`; refuses a step
-    saved by a different number of processes, whose data positions do not carry over."""
-    d = self._step_dir(step)
-    if (d / "iterator").exists():
-      saved = sorted(p.name for p in (d / "iterator").iterdir() if p.name.startswith("process_"))
-      counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in saved}
-      if counts != {jax.process_count()}:
-        raise ValueError(
-          f"checkpoint {os.fspath(d)} was saved by {sorted(counts)} process(es), this run has "
-          f"{jax.process_count()}: each process's data position is its own, so restart with "
-          "the same number of processes"
-        )
-      return "iterator", grain.checkpoint.CheckpointRestore(_Restored())
-    if jax.process_count() > 1:
-      raise ValueError(
-        f"checkpoint {os.fspath(d)} holds process 0's data position only (written before "
-        "nopejax 0.2); resume it with one process"
-      )
-    return "data", ocp.args.JsonRestore()
-
   def restore_latest(self, abstract_state):
     """(step, state, data_state) from the newest intact checkpoint, or None when there is none.
 
@@ -307,14 +262,13 @@ class Checkpointer:
         self._set_aside(newest, problem or "damaged on another process")
         continue
       self._check_compatible(newest, saved, abstract_state)
-      name, data_args = self._data_state(newest)
       try:
         restored = self.manager.restore(
           newest,
           args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_with_retired(abstract_state, saved)),
+            data=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
-            **{name: data_args},
           ),
         )
         failure = None
@@ -324,5 +278,5 @@ class Checkpointer:
         self._set_aside(newest, failure or "restore failed on another process")
         continue
       state = {k: v for k, v in restored["state"].items() if k in abstract_state}
-      data = restored[name]
-      return newest, state, data.state if name == "iterator" else data["iterator"]
+      data = restored["data"]  # nopejax 0.1 saved {"iterator": its grain state}
+      return newest, state, data.get("iterator", data)

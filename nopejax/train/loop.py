@@ -19,10 +19,11 @@ from nopejax.train import workdir as workdir_lib
 from nopejax.train.preemption import Preemption
 
 
-def evaluate_loss(run, params):
-  """Validation loss and accuracy over train.eval_batches batches."""
+def evaluate_loss(run, params, batches):
+  """Validation loss and accuracy over train.eval_batches batches of `batches` (an EvalBatches
+  of the validation split, read once per run)."""
   totals = {"ce": 0.0, "tokens": 0.0, "correct": 0.0}
-  for i, batch in enumerate(pipeline.eval_iter(run.exp.data, "validation")):
+  for i, batch in enumerate(batches):
     if i >= run.exp.train.eval_batches:
       break
     sums = jax.device_get(run.eval_step(params, run.global_batch(batch)))
@@ -55,17 +56,16 @@ def run(exp, workdir):
   cache_before = dict(compile_cache.events)
   r = build_lib.build(exp)
 
-  # --- input
-  train_iter = pipeline.train_iter(
-    exp.data, process_index=jax.process_index(), process_count=jax.process_count()
-  )
+  # --- input: every process builds the same global order and takes its rows of each batch
+  train_iter = pipeline.train_iter(exp.data)
+  validation = pipeline.EvalBatches(exp.data, "validation") if t.eval_every else None
 
   # --- state: resume automatically, else init (from train.init_from when given)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=t.keep_checkpoints)
   restored = ckpt.restore_latest(r.abstract)
   if restored:
     start, state, data_state = restored
-    train_iter.set_state(data_state)
+    pipeline.restore_position(train_iter, data_state, start)
     logging.warning("resumed from step %d of %s", start, workdir)
   else:
     start, state = 0, r.init_state()
@@ -77,12 +77,13 @@ def run(exp, workdir):
   preemption = Preemption()
   tokens_per_step = exp.data.batch_size * exp.data.seq_len
   pending, startup = [], {}
+  batches = pipeline.Prefetch(train_iter, r.global_batch)  # the next batch, on the devices
   window_start = time.perf_counter()
   step = start
   try:
     with r.context():
       while step < t.steps:
-        state, metrics = r.train_step(state, r.global_batch(next(train_iter)))
+        state, metrics = r.train_step(state, next(batches))
         pending.append(metrics)
         step += 1
         if step == start + 1:  # time to first step: restore, compile (or cache load), one step
@@ -106,14 +107,15 @@ def run(exp, workdir):
               "the last checkpoint holds the last finite state"
             )
         if t.eval_every and (step % t.eval_every == 0 or last):
-          writer.write(dict(step=step, **evaluate_loss(r, state["params"])))
+          writer.write(dict(step=step, **evaluate_loss(r, state["params"], validation)))
         preempted = preemption.reached(step)
         if step % t.checkpoint_every == 0 or last or preempted:
-          ckpt.save(step, state, train_iter.get_state(), exp.config_json)
+          ckpt.save(step, state, batches.get_state(), exp.config_json)
         if preempted:
           logging.warning("preempted (SIGTERM): saved step %d and stopping", step)
           break
   finally:
+    batches.close()
     writer.close()
     ckpt.close()
   if step == t.steps and t.export_params:
