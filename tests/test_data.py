@@ -482,6 +482,8 @@ def test_bench_data_command_prints_throughput(tmp_path):
       "nopejax.bench_data",
       "--config=configs/tiny.py",
       "--batches=3",
+      "--step",
+      "--steps=2",
       f"--config.data.data_dir={tmp_path}",
     ],
     cwd=root,
@@ -493,4 +495,8 @@ def test_bench_data_command_prints_throughput(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["batches"] == 3 and report["examples_per_s"] > 0 and report["tokens_per_s"] > 0
-  assert 0 < report["fill"] <= 1
+  assert 0 < report["fill"] <= 1 and report["cores"] == 1 and report["cpu"]
+  assert report["step_tokens_per_s"] > 0
+  assert report["pipeline_over_step"] == pytest.approx(
+    report["slots_per_s"] / report["step_tokens_per_s"], rel=0.01
+  )
