@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from nopejax import data
+from nopejax.data import corpus as corpus_lib
 from nopejax.data import examples, pipeline, tasks, tokenizers
 from nopejax.data import spec as data_spec
 from nopejax.data.sources import builder
-from nopejax.data.sources import text as text_source
 
 
 @pytest.fixture
@@ -170,9 +170,10 @@ def test_passkey_trains_on_its_own_lengths(cfg):
 
 def test_text_documents_split_by_path_hash(cfg, corpus):
   cfg = text_cfg(cfg, corpus)
-  root, files = text_source.corpus_files(corpus)
   expected = collections.Counter(
-    text_source.document_split(os.path.relpath(f, root), 0.25) for f in files if os.path.getsize(f)
+    corpus_lib.split_of(os.path.relpath(f, root), 0.25)
+    for root, f in corpus_lib.files(corpus)
+    if os.path.getsize(f)
   )
   val, train = data.text_documents(cfg, "validation"), data.text_documents(cfg, "train")
   assert (len(val), len(train)) == (expected["validation"], expected["train"])
@@ -363,12 +364,12 @@ def test_prefetch_hands_out_batches_in_order_with_the_consumers_position(cfg):
 def test_documents_are_stored_once_and_an_unreadable_store_is_one_line(cfg):
   batch = next(data.train_iter(cfg, process_index=0, process_count=1))
   stores = sorted(
-    r for r, _, names in os.walk(os.path.join(cfg.data_dir, "documents")) if "tokens.npy" in names
+    r for r, _, names in os.walk(os.path.join(cfg.data_dir, "documents")) if "tokens.bin" in names
   )
   assert [os.path.basename(s) for s in stores] == ["train", "train"]  # copy and addition
-  stamp = [os.path.getmtime(os.path.join(s, "tokens.npy")) for s in stores]
+  stamp = [os.path.getmtime(os.path.join(s, "tokens.bin")) for s in stores]
   assert_batches_equal([next(data.train_iter(cfg, process_index=0, process_count=1))], [batch])
-  assert stamp == [os.path.getmtime(os.path.join(s, "tokens.npy")) for s in stores]
+  assert stamp == [os.path.getmtime(os.path.join(s, "tokens.bin")) for s in stores]
   with open(os.path.join(stores[0], "starts.npy"), "wb") as f:
     f.write(b"not numpy")
   with pytest.raises(ValueError, match=r"^data.data_dir: the document cache .* is unreadable") as e:

@@ -34,9 +34,9 @@ def random_docs(rng, n, low=3, high=12):
 
 def test_vectorized_rows_equal_a_loop_and_the_order_is_global():
   docs = random_docs(np.random.default_rng(0), 200)
-  epoch = packing.layout(docs, seq_len=32, seed=3, epoch=1, shuffle=True, pack=True)
-  again = packing.layout(docs, seq_len=32, seed=3, epoch=1, shuffle=True, pack=True)
-  other = packing.layout(docs, seq_len=32, seed=3, epoch=2, shuffle=True, pack=True)
+  epoch = packing.layout(docs, packing.epoch_order(200, 3, 1), seq_len=32, pack=True)
+  again = packing.layout(docs, packing.epoch_order(200, 3, 1), seq_len=32, pack=True)
+  other = packing.layout(docs, packing.epoch_order(200, 3, 2), seq_len=32, pack=True)
   assert (epoch.order == again.order).all() and not (epoch.order == other.order).all()
   assert sorted(epoch.order) == list(range(200))
   by_row = [epoch.order[a:b] for a, b in zip(epoch.bounds[:-1], epoch.bounds[1:])]
@@ -55,7 +55,7 @@ def test_vectorized_rows_equal_a_loop_and_the_order_is_global():
 
 def test_unpacked_rows_and_truncation_and_text_windows():
   docs = random_docs(np.random.default_rng(1), 30, low=3, high=30)
-  epoch = packing.layout(docs, seq_len=16, seed=0, epoch=0, shuffle=False, pack=False)
+  epoch = packing.layout(docs, packing.epoch_order(30, 0, 0, shuffle=False), seq_len=16, pack=False)
   assert (epoch.order == np.arange(30)).all() and (np.diff(epoch.bounds) == 1).all()
   ids, per_row = epoch.row_documents(0, 30)
   got = packing.rows(docs, ids, per_row, seq_len=16, pad_id=0)
@@ -73,3 +73,18 @@ def test_unpacked_rows_and_truncation_and_text_windows():
     assert all(len(p) <= 9 for p in pieces)
     # Overlapping by one token, the windows' targets are the document's tokens after the first.
     assert np.concatenate([p[1:] for p in pieces]).tolist() == doc[1:].tolist()
+
+
+def test_a_mixture_takes_each_source_in_its_proportion_deterministically():
+  sizes, weights = [1000, 50, 300], [0.5, 0.3, 0.2]
+  order = packing.mixture_order(sizes, weights, seed=0, epoch=4)
+  assert (order == packing.mixture_order(sizes, weights, seed=0, epoch=4)).all()
+  assert not (order == packing.mixture_order(sizes, weights, seed=0, epoch=5)).all()
+  source = np.searchsorted(np.cumsum(sizes), order, side="right")
+  counts = np.bincount(source, minlength=3)
+  np.testing.assert_allclose(counts / counts.sum(), weights, atol=2e-3)
+  # The small source repeats (405 draws of 50 documents): every one of its documents, each
+  # 8 or 9 times; the large one gives 675 distinct documents of its 1000.
+  small = np.bincount(order[source == 1] - 1000, minlength=50)
+  assert small.min() >= 8 and small.max() <= 9
+  assert len(np.unique(order[source == 0])) == counts[0]

@@ -4,9 +4,9 @@ import numpy as np
 
 from nopejax import specs
 from nopejax.data import tasks, tokenizers
+from nopejax.data.sources import SOURCES
 from nopejax.data.sources import passkey as passkey_source
 from nopejax.data.sources import tasks as task_source
-from nopejax.data.sources import text as text_source
 
 
 def _read_all(source) -> list[dict]:
@@ -71,10 +71,7 @@ def passkey_examples(data_cfg, length: int, depth: float) -> list[dict]:
 
 
 def text_documents(data_cfg, split: str = "validation") -> list[np.ndarray]:
-  """Whole corpus files of `split` as int32 [bos] + tokens + [eos] arrays."""
+  """Whole corpus documents of `split` as int32 [bos] + tokens + [eos] arrays."""
   tok = tokenizers.get_tokenizer(data_cfg)
-  source = text_source.text_sources(data_cfg, tok)[split]
-  return [
-    np.concatenate([[tok.bos_id], r["inputs"], [tok.eos_id]]).astype(np.int32)
-    for r in _read_all(source)
-  ]
+  parts = SOURCES["text"].documents(data_cfg, tok, split)
+  return [p.document(d).astype(np.int32) for p in parts for d in range(len(p))]

@@ -90,8 +90,25 @@ class Epoch:
     return ids, np.diff(self.bounds[first : last + 1])
 
 
-def layout(docs: Documents, *, seq_len: int, seed: int, epoch: int, shuffle: bool, pack: bool):
-  """The Epoch `epoch` of `docs`: shuffled (when `shuffle`) by (seed, epoch), then packed."""
-  order = epoch_order(len(docs), seed, epoch, shuffle)
+def mixture_order(sizes, weights, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+  """An epoch of a mixture: as many documents as all sources hold, source i contributing the
+  fraction weights[i] / sum(weights) of them (each source's own documents drawn without
+  replacement, cycling when it has too few), then shuffled together; ids index the sources'
+  documents one after another. A function of (seed, epoch) alone."""
+  total, weights = sum(sizes), np.asarray(weights, np.float64)
+  counts = np.maximum(1, np.round(total * weights / weights.sum()).astype(np.int64))
+  offsets = np.cumsum([0] + list(sizes[:-1]))
+  ids = []
+  for i, (size, count, offset) in enumerate(zip(sizes, counts, offsets)):
+    rng = np.random.default_rng([seed, epoch, i])
+    cycles = -(-int(count) // size)
+    draws = [rng.permutation(size) if shuffle else np.arange(size) for _ in range(cycles)]
+    ids.append(offset + np.concatenate(draws)[:count])
+  ids = np.concatenate(ids)
+  return np.random.default_rng([seed, epoch]).permutation(ids) if shuffle else ids
+
+
+def layout(docs: Documents, order: np.ndarray, *, seq_len: int, pack: bool) -> Epoch:
+  """The epoch of `docs` taken in `order`, packed into rows."""
   occupancy = np.minimum(docs.lengths[order] - 1, seq_len)
   return Epoch(order, row_bounds(occupancy, seq_len, pack))

@@ -27,41 +27,39 @@ import numpy as np
 from absl import logging
 
 from nopejax.data import documents, packing, tokenizers
-from nopejax.data.sources import SOURCES
+from nopejax.data.sources import SOURCES, builder
 
 Batch = dict[str, np.ndarray]
 
 
 def sources(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, list]:
-  """The tokenizer and the TFDS sources holding `split` (one per task), built if needed."""
+  """The tokenizer and the TFDS sources holding `split` (tasks and passkey), built if needed."""
   tok = tokenizers.get_tokenizer(data_cfg)
   by_name = SOURCES[data_cfg.kind].sources(data_cfg, tok)
-  found = [splits[split] for splits in by_name.values() if split in splits]
-  if not found:
-    known = sorted({s for splits in by_name.values() for s in splits})
-    raise ValueError(
-      f"split: {split!r} is not a split of data.kind={data_cfg.kind!r}; known: {', '.join(known)}"
-    )
-  return tok, found
+  return tok, builder.holding(by_name, split, data_cfg.kind)
 
 
-def split_documents(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, documents.Documents]:
-  """The tokenizer and every document of `split` (the tasks of data.tasks one after another),
-  as rows will take them: text cut into windows, task documents checked against seq_len."""
-  tok, found = sources(data_cfg, split)
-  text = SOURCES[data_cfg.kind].TEXT
-  docs = documents.concatenate(
-    [documents.stored(data_cfg, s, split, tok, text=text) for s in found]
-  )
-  if text:
-    return tok, docs.windows(data_cfg.seq_len)
-  longest = int(docs.lengths.max(initial=0))
+def split_parts(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, list[documents.Documents]]:
+  """The tokenizer and the documents of `split`, one Documents per source (a task, a mixture
+  component), as rows will take them: text cut into windows, task documents checked against
+  seq_len."""
+  tok = tokenizers.get_tokenizer(data_cfg)
+  parts = SOURCES[data_cfg.kind].documents(data_cfg, tok, split)
+  if SOURCES[data_cfg.kind].TEXT:
+    return tok, [p.windows(data_cfg.seq_len) for p in parts]
+  longest = max(int(p.lengths.max(initial=0)) for p in parts)
   if longest > data_cfg.seq_len + 1 and data_cfg.overflow == "error":
     raise ValueError(
       f"data.seq_len: a document of {longest} tokens needs data.seq_len >= {longest - 1}, "
       f"got {data_cfg.seq_len} (or set data.overflow=truncate)"
     )
-  return tok, docs
+  return tok, parts
+
+
+def split_documents(data_cfg, split: str) -> tuple[tokenizers.Tokenizer, documents.Documents]:
+  """The tokenizer and every document of `split`, the sources one after another."""
+  tok, parts = split_parts(data_cfg, split)
+  return tok, documents.concatenate(parts)
 
 
 def _process_rows(data_cfg, process_index, process_count) -> tuple[int, int, int]:
@@ -92,8 +90,13 @@ class TrainIterator:
     self.cfg = data_cfg
     index, _, self.rows = _process_rows(data_cfg, process_index, process_count)
     self.offset = index * self.rows  # this process's first row within a global batch
-    tok, self.docs = split_documents(data_cfg, "train")
-    self.pad_id = tok.pad_id
+    tok, parts = split_parts(data_cfg, "train")
+    self.docs, self.pad_id = documents.concatenate(parts), tok.pad_id
+    self.sizes = [len(p) for p in parts]
+    self.weights = SOURCES[data_cfg.kind].weights(data_cfg)
+    for (name, _), size in zip(text_components(data_cfg), self.sizes):
+      if size == 0:
+        raise ValueError(f"data.corpus: {name} has no documents in the train split")
     self.epoch, self.batch, self._layout = 0, 0, None
     rows = self._epoch().num_rows
     if rows < data_cfg.batch_size:
@@ -106,9 +109,11 @@ class TrainIterator:
   def _epoch(self) -> packing.Epoch:
     if self._layout is None or self._layout[0] != self.epoch:
       c = self.cfg
-      epoch = packing.layout(
-        self.docs, seq_len=c.seq_len, seed=c.seed, epoch=self.epoch, shuffle=c.shuffle, pack=c.pack
-      )
+      if self.weights is None:
+        order = packing.epoch_order(len(self.docs), c.seed, self.epoch, c.shuffle)
+      else:
+        order = packing.mixture_order(self.sizes, self.weights, c.seed, self.epoch, c.shuffle)
+      epoch = packing.layout(self.docs, order, seq_len=c.seq_len, pack=c.pack)
       self._layout = (self.epoch, epoch)
     return self._layout[1]
 
@@ -145,6 +150,11 @@ class TrainIterator:
 
   def close(self) -> None:
     pass
+
+
+def text_components(data_cfg) -> list[tuple[str, float]]:
+  """The corpora of a text source with their weights ([] for tasks and passkey)."""
+  return SOURCES["text"].components(data_cfg) if data_cfg.kind == "text" else []
 
 
 def train_iter(data_cfg, *, process_index=None, process_count=None) -> TrainIterator:
@@ -219,9 +229,8 @@ class EvalBatches:
     self.offset = index * self.rows
     tok, self.docs = split_documents(data_cfg, split)
     self.pad_id = tok.pad_id
-    c = data_cfg
     self.epoch = packing.layout(
-      self.docs, seq_len=c.seq_len, seed=c.seed, epoch=0, shuffle=False, pack=c.pack
+      self.docs, np.arange(len(self.docs)), seq_len=data_cfg.seq_len, pack=data_cfg.pack
     )
 
   def __iter__(self) -> Iterator[Batch]:

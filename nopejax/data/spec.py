@@ -29,7 +29,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # generation, shuffling and packing; same seed, same batches
   c.tokenizer = "auto"  # auto (tasks: task words, else bytes)|byte|task|sentencepiece|hf:PATH
   c.vocab_size_sp = 4096  # SentencePiece vocabulary, trained on the corpus's train split
-  c.corpus = "stdlib"  # 'stdlib' (this Python's own .py files), a directory or a glob
+  c.corpus = "stdlib"  # 'stdlib' (this Python's .py files), a directory, a glob, or a,b,...
+  c.text_field = "text"  # the field (.jsonl) or column (.parquet) that holds a document's text
+  c.mixture = ""  # 'GLOB:WEIGHT,GLOB:WEIGHT': corpora mixed in those proportions (over corpus)
   c.val_fraction = 0.05  # fraction of corpus files held out, chosen by a hash of the path
   c.pack = True  # pack several documents per row (segment_ids); False: one per row
   c.overflow = "error"  # a task document longer than seq_len + 1: 'error' or 'truncate'
@@ -59,6 +61,8 @@ class DataSpec:
   tokenizer: str = "auto"
   vocab_size_sp: int = 4096
   corpus: str = "stdlib"
+  text_field: str = "text"
+  mixture: str = ""
   val_fraction: float = 0.05
   pack: bool = True
   overflow: str = "error"
@@ -110,6 +114,11 @@ def resolve(group, model_vocab_size: int) -> DataSpec:
   specs.check(
     0 <= d.val_fraction < 1, f"data.val_fraction: must be in [0, 1), got {d.val_fraction}"
   )
+  specs.check(
+    not d.mixture or d.kind == "text",
+    f"data.mixture: mixes text corpora; data.kind={d.kind!r} (set data.kind=text)",
+  )
+  specs.check(d.text_field, "data.text_field: must name a field, got ''")
   SOURCES[d.kind].validate(d)
   if d.kind != "text" and tok == "sentencepiece":
     SOURCES["text"].validate(d)  # SentencePiece trains on the corpus

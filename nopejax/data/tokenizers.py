@@ -1,6 +1,7 @@
 """Tokenizers: byte-level, the task word vocabulary, SentencePiece, Hugging Face.
 
-Every tokenizer has `encode(str) -> list[int]` (no bos/eos added), `decode(ids)
+Every tokenizer has `encode(str) -> list[int]` (no bos/eos added), `encode_batch(strs)` (the
+same for many texts at once: a corpus is tokenized in batches), `decode(ids)
 -> str` (special tokens dropped), `vocab_size`, `pad_id`, `bos_id`, `eos_id`, and
 `name`, a fingerprint that changes whenever the ids would: datasets cache token
 ids under it.
@@ -22,10 +23,11 @@ import os
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from nopejax import storage
 from nopejax.data import tasks
 from nopejax.data.sources import builder
-from nopejax.data.sources import text as text_source
 
 PAD, BOS, EOS = 0, 1, 2
 NUM_SPECIAL = 3
@@ -43,23 +45,38 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]: ...
 
+  def encode_batch(self, texts: Sequence[str]) -> Sequence[Sequence[int]]: ...
+
   def decode(self, ids: Sequence[int]) -> str: ...
 
 
-class ByteTokenizer:
+class _OneByOne:
+  """`encode_batch` as a loop, for tokenizers without a native batch call."""
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [self.encode(t) for t in texts]
+
+
+class ByteTokenizer(_OneByOne):
   name = "byte"
   vocab_size = 256 + NUM_SPECIAL
   pad_id, bos_id, eos_id = PAD, BOS, EOS
 
   def encode(self, text: str) -> list[int]:
-    return [b + NUM_SPECIAL for b in text.encode("utf-8")]
+    return self.encode_array(text).tolist()
+
+  def encode_array(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + NUM_SPECIAL
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [self.encode_array(t) for t in texts]
 
   def decode(self, ids: Sequence[int]) -> str:
     data = bytes(int(i) - NUM_SPECIAL for i in ids if int(i) >= NUM_SPECIAL)
     return data.decode("utf-8", errors="replace")
 
 
-class TaskTokenizer:
+class TaskTokenizer(_OneByOne):
   """Word-level: the text is split on whitespace, each word one id."""
 
   pad_id, bos_id, eos_id = PAD, BOS, EOS
@@ -92,12 +109,15 @@ class SentencePieceTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts))
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids])
 
 
-def train_sentencepiece(files: list[str], vocab_size: int, model_path: str) -> None:
-  """Trains a BPE SentencePiece model on `files` and writes it to `model_path`."""
+def train_sentencepiece(documents, vocab_size: int, model_path: str) -> None:
+  """Trains a BPE SentencePiece model on the text `documents` and writes it to `model_path`."""
   import sentencepiece  # lazy: an optional dependency
   from sentencepiece import sentencepiece_model_pb2
 
@@ -107,11 +127,10 @@ def train_sentencepiece(files: list[str], vocab_size: int, model_path: str) -> N
 
   def paragraphs():
     # Paragraphs, not lines, so newlines are inside the text SentencePiece learns from.
-    for path in files:
-      with open(path, encoding="utf-8", errors="replace") as f:
-        yield from (p for p in f.read().split("\n\n") if p.strip())
+    for doc in documents:
+      yield from (p for p in doc.split("\n\n") if p.strip())
 
-  # Every host trains its own copy: a fixed seed gives them all the same ids.
+  # A fixed seed: two jobs that race to train it write the same model.
   sentencepiece.set_random_generator_seed(0)
   sentencepiece.SentencePieceTrainer.train(
     sentence_iterator=paragraphs(),
@@ -172,6 +191,9 @@ class HFTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
   def decode(self, ids: Sequence[int]) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
@@ -208,26 +230,38 @@ def get_tokenizer(data_cfg) -> Tokenizer:
   )
 
 
+def corpus_of(data_cfg) -> str:
+  """The corpus text comes from: data.corpus, or the corpora of data.mixture."""
+  if data_cfg.mixture:
+    return ",".join(part.rpartition(":")[0] for part in data_cfg.mixture.split(","))
+  return data_cfg.corpus
+
+
 def sentencepiece_model(data_cfg) -> str:
   """Local path of the SentencePiece model for the corpus's train split, trained if absent.
 
-  It lives in data_dir/tokenizers/sp-KEY/ (`storage.synced_dir`): with a bucket data_dir it is
-  trained (or fetched, once published) into this machine's mirror, and process 0 publishes it.
+  It lives in data_dir/tokenizers/sp-KEY/ (`storage.synced_dir`): trained once per data_dir
+  (with a bucket data_dir, by process 0 of the job, which publishes it; the other processes
+  wait for it and download it).
   """
-  root, files = text_source.corpus_files(data_cfg.corpus)
-  train_files = [
-    f
-    for f in files
-    if text_source.document_split(os.path.relpath(f, root), data_cfg.val_fraction) == "train"
-  ]
+  from nopejax.data import corpus  # corpus reads tokenizers' names
+
+  corpus_spec = corpus_of(data_cfg)
   key = _digest(
-    repr((text_source.corpus_fingerprint(root, train_files), data_cfg.vocab_size_sp)).encode()
+    repr(
+      (
+        corpus.fingerprint(corpus.files(corpus_spec)),
+        data_cfg.text_field,
+        data_cfg.val_fraction,
+        data_cfg.vocab_size_sp,
+      )
+    ).encode()
   )
-  name = f"sp-{key}"
 
   def build(local):
     if not (local / MODEL_FILE).exists():
-      train_sentencepiece(train_files, data_cfg.vocab_size_sp, local / MODEL_FILE)
+      train = corpus.texts(corpus_spec, data_cfg.text_field, "train", data_cfg.val_fraction)
+      train_sentencepiece(train, data_cfg.vocab_size_sp, local / MODEL_FILE)
 
-  local = storage.synced_dir(builder.data_dir(data_cfg), f"tokenizers/{name}", build)
+  local = storage.synced_dir(builder.data_dir(data_cfg), f"tokenizers/sp-{key}", build)
   return os.fspath(local / MODEL_FILE)

@@ -108,3 +108,14 @@ def prepare(builder_cls, config, tokenizer, data_cfg) -> dict:
   local_root = storage.local_mirror(root)
   storage.synced_dir(root, f"{builder_cls.name}/{config.name}", build)
   return builder_cls(config=config, tokenizer=tokenizer, data_dir=local_root).as_data_source()
+
+
+def holding(by_name: dict, split: str, kind: str) -> list:
+  """The sources of {name: {split: source}} that hold `split`; one-line error if none does."""
+  found = [splits[split] for splits in by_name.values() if split in splits]
+  if not found:
+    known = sorted({s for splits in by_name.values() for s in splits})
+    raise ValueError(
+      f"split: {split!r} is not a split of data.kind={kind!r}; known: {', '.join(known)}"
+    )
+  return found

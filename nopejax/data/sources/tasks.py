@@ -12,6 +12,19 @@ from nopejax.data.sources import builder
 TEXT = False  # one record, one document
 
 
+def documents(data_cfg, tok, split: str) -> list:
+  """The stored documents of `split`, one Documents per source holding it."""
+  from nopejax.data import documents as documents_lib  # documents reads the builders
+
+  found = builder.holding(sources(data_cfg, tok), split, data_cfg.kind)
+  return [documents_lib.stored(data_cfg, s, split, tok) for s in found]
+
+
+def weights(data_cfg) -> None:
+  """Sources are taken as they come (a task mix in proportion to num_train)."""
+  del data_cfg
+
+
 def task_lengths(data_cfg, task: str) -> tuple[int, int]:
   """(train L, largest test length) for `task`: the config's, else the paper's."""
   spec = tasks.TASKS[task]

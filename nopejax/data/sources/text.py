@@ -1,125 +1,35 @@
-"""A local text corpus as a stored source: whole files, split into 'train' and 'validation' by
-a hash of each file's path relative to the corpus root."""
+"""Text corpora as a source: `data.corpus` (or the corpora of `data.mixture`), read by extension
+and tokenized once into a cache of documents (nopejax.data.corpus), split into 'train' and
+'validation' by a hash of each document's name."""
 
-import dataclasses
-import fnmatch
-import glob
-import hashlib
-import os
+from nopejax import specs
+from nopejax.data import corpus
 
-import numpy as np
-import tensorflow_datasets as tfds
-
-from nopejax import specs, storage
-from nopejax.data.sources import builder
-
-TEXT = True  # a record is a whole file, cut into rows
+TEXT = True  # documents are cut into windows of seq_len + 1 tokens
 
 
-def corpus_files(corpus: str) -> tuple[str, list[str]]:
-  """(root, sorted text files) of a corpus: 'stdlib', a directory or a glob."""
-  corpus = os.path.expanduser(corpus)
-  if corpus == "stdlib":
-    root = os.path.dirname(os.__file__)
-    # site-packages may be the running venv's; the corpus must not depend on it.
-    files = [
-      f
-      for f in glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
-      if not fnmatch.fnmatch(f, "*-packages*")
-    ]
-  elif os.path.isdir(corpus):
-    root = corpus
-    files = glob.glob(os.path.join(corpus, "**", "*"), recursive=True)
-  else:
-    files = glob.glob(corpus, recursive=True)
-    root = os.path.commonpath(files) if files else corpus
-    root = root if os.path.isdir(root) else os.path.dirname(root)
-  return os.path.abspath(root), sorted(f for f in files if os.path.isfile(f) and not _is_binary(f))
+def components(data_cfg) -> list[tuple[str, float]]:
+  """[(corpus, weight)]: the mixture's, else data.corpus with weight 1."""
+  return corpus.mixture(data_cfg.mixture) if data_cfg.mixture else [(data_cfg.corpus, 1.0)]
 
 
-def _is_binary(path: str) -> bool:
-  with open(path, "rb") as f:
-    return b"\0" in f.read(1024)
-
-
-def document_split(relpath: str, val_fraction: float) -> str:
-  """'validation' for a stable `val_fraction` of paths, chosen by hash."""
-  digest = hashlib.sha256(relpath.encode()).digest()
-  return "validation" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
-
-
-def corpus_fingerprint(root: str, files: list[str]) -> str:
-  """Changes when any file is added, removed or modified."""
-  stats = [(os.path.relpath(f, root), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
-  return builder.digest(stats)
-
-
-@dataclasses.dataclass
-class TextConfig(tfds.core.BuilderConfig):
-  root: str = ""
-  files: tuple[str, ...] = ()
-  val_fraction: float = 0.0
-
-
-class NopejaxText(builder.Builder):
-  """Whole files of a local corpus, split into 'train' and 'validation' by a
-  hash of each file's path relative to the corpus root."""
-
-  def _features(self):
-    return tfds.features.FeaturesDict(
-      {
-        "inputs": tfds.features.Tensor(
-          shape=(None,), dtype=builder.token_dtype(self.tokenizer.vocab_size)
-        ),
-        "path": tfds.features.Text(),
-      }
-    )
-
-  def _splits(self):
-    return {"train": "train", "validation": "validation"}
-
-  def _generate_examples(self, split):
-    c = self.builder_config
-    dtype = builder.token_dtype(self.tokenizer.vocab_size)
-    for path in c.files:
-      rel = os.path.relpath(path, c.root)
-      if document_split(rel, c.val_fraction) != split:
-        continue
-      with open(path, encoding="utf-8", errors="replace") as f:
-        ids = self.tokenizer.encode(f.read())
-      if ids:
-        yield rel, {"inputs": np.asarray(ids, dtype), "path": rel}
-
-
-def sources(data_cfg, tokenizer) -> dict:
-  """{'text': {split: source}}."""
-  return {"text": text_sources(data_cfg, tokenizer)}
-
-
-def text_sources(data_cfg, tokenizer) -> dict:
-  root, files = corpus_files(data_cfg.corpus)
-  fingerprint = corpus_fingerprint(root, files)
-  name = f"text-{builder.digest([fingerprint, data_cfg.val_fraction, tokenizer.name])}"
-  config = TextConfig(name=name, root=root, files=tuple(files), val_fraction=data_cfg.val_fraction)
-  return builder.prepare(NopejaxText, config, tokenizer, data_cfg)
-
-
-def validate_corpus(corpus: str) -> None:
+def documents(data_cfg, tok, split: str) -> list:
+  """One Documents per component, in data.mixture's order."""
   specs.check(
-    not storage.is_remote(corpus),
-    f"data.corpus: {corpus} is a bucket URL; a corpus is read from local disk (copy it there "
-    "first; data.data_dir may be a bucket)",
+    split in ("train", "validation"),
+    f"split: {split!r} is not a split of data.kind='text'; known: train, validation",
   )
-  is_path = corpus != "stdlib" and not any(c in corpus for c in "*?[")
-  specs.check(
-    not is_path or os.path.exists(os.path.expanduser(corpus)),
-    f"data.corpus: {corpus} does not exist",
-  )
-  _, files = corpus_files(corpus)
-  specs.check(
-    any(os.path.getsize(f) > 0 for f in files), f"data.corpus: {corpus} holds no text files"
-  )
+  return [corpus.corpus_documents(data_cfg, tok, split, c) for c, _ in components(data_cfg)]
+
+
+def weights(data_cfg) -> list[float] | None:
+  """The mixture's weights; None: the documents are taken as they come."""
+  return [w for _, w in components(data_cfg)] if data_cfg.mixture else None
 
 
 def validate(data_cfg) -> None:
-  validate_corpus(data_cfg.corpus)
+  if data_cfg.mixture:
+    for c, _ in components(data_cfg):
+      corpus.validate(c, "data.mixture")
+  else:
+    corpus.validate(data_cfg.corpus)
