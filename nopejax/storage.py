@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 import uuid
 
 import fsspec
@@ -159,30 +160,37 @@ def local_mirror(root) -> epath.Path:
   return cache_home() / "mirror" / scheme / rest
 
 
-def synced_dir(root, name: str, build) -> epath.Path:
+def synced_dir(root, name: str, build, *, poll_s: float = 2.0) -> epath.Path:
   """Local directory `root/name`, filled once by `build(local_dir)`, shared by every process and
   job that uses `root`.
 
   Local `root`: processes of this machine take turns under a file lock; `build` must reuse what
-  a previous call left (TFDS does). Remote `root`: the directory is built (or downloaded, once
-  published) in this machine's mirror under the same lock, and process 0 of the job uploads it
-  with the marker written last, so a reader never takes a half-uploaded directory for a whole
-  one; the other processes build the same bytes for themselves. Building is deterministic, so
-  two jobs that race publish the same bytes.
+  a previous call left (TFDS does). Remote `root`: process 0 of the job builds it in this
+  machine's mirror and uploads it with the marker written last, so a reader never takes a
+  half-uploaded directory for a whole one; the other processes wait for the marker and download
+  it (a tokenizer is trained, a corpus tokenized, once per job, not once per host). Building is
+  deterministic, so two jobs that race publish the same bytes.
   """
   remote = path(root) / name
   local = local_mirror(root) / name
-  with local_lock(local_mirror(root), name):
-    if not is_remote(root):
+  if not is_remote(root):
+    with local_lock(local_mirror(root), name):
       build(local)
-      return local
+    return local
+  primary = jax.process_index() == 0
+  if not primary and not (local / COMPLETE).exists() and not (remote / COMPLETE).exists():
+    # Outside the lock: process 0 may be building into this same mirror.
+    logging.info("waiting for process 0 to publish %s", os.fspath(remote))
+    while not (remote / COMPLETE).exists():
+      time.sleep(poll_s)
+  with local_lock(local_mirror(root), name):
     if not (local / COMPLETE).exists():
       if (remote / COMPLETE).exists():
         copy_tree(remote, local)
       else:
         build(local)
-        if jax.process_index() == 0:
-          copy_tree(local, remote)
-          write_text(remote / COMPLETE, "ok")
       write_text(local / COMPLETE, "ok")
+    if primary and not (remote / COMPLETE).exists():
+      copy_tree(local, remote)
+      write_text(remote / COMPLETE, "ok")
   return local

@@ -268,3 +268,47 @@ def test_bench_checkpoint_reports_blocking_times(tmp_path):
   assert len(result["save_blocking_s_manifests=True"]) == 2
   assert len(result["save_blocking_s_manifests=False"]) == 2
   assert result["params"] > 0 and result["manifest_in_loop_s"] > 0
+
+
+SYNCED = """
+import sys
+import jax
+from nopejax import storage
+jax.process_index = lambda: int(sys.argv[1])
+def build(local):
+  local.mkdir(parents=True, exist_ok=True)
+  (local / "model").write_text("trained by process " + sys.argv[1])
+print((storage.synced_dir(sys.argv[2], "tokenizers/sp", build, poll_s=0.1) / "model").read_text())
+"""
+
+
+def test_process_0_alone_builds_a_bucket_directory_the_others_wait_and_download(
+  tmp_path, gcs_bucket
+):
+  """Process 1 (another host: its own mirror) starts first and waits; process 0 trains and
+  publishes; process 1 downloads what process 0 trained, never training itself."""
+  root = f"{gcs_bucket.url}/data"
+  hosts = [dict(env_for(tmp_path / f"host{i}", gcs_bucket)) for i in (0, 1)]
+  waiting = subprocess.Popen(
+    [sys.executable, "-c", SYNCED, "1", root],
+    cwd=ROOT,
+    env=hosts[1],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  time.sleep(3)
+  assert waiting.poll() is None  # still waiting for process 0
+  first = subprocess.run(
+    [sys.executable, "-c", SYNCED, "0", root],
+    cwd=ROOT,
+    env=hosts[0],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert first.returncode == 0, first.stderr[-2000:]
+  out, err = waiting.communicate(timeout=300)
+  assert waiting.returncode == 0, err[-2000:]
+  assert first.stdout.strip() == out.strip() == "trained by process 0"
+  assert "data/tokenizers/sp/.nopejax_complete" in gcs_bucket.objects("data/")

@@ -36,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.pack = True  # pack several documents per row (segment_ids); False: one per row
   c.overflow = "error"  # a task document longer than seq_len + 1: 'error' or 'truncate'
   c.shuffle = True  # shuffle training documents, differently each epoch (by seed and epoch)
-  c.num_workers = 0  # unused since 0.2: batches are gathers (kept so older configs load)
+  c.num_workers = 0  # worker processes that tokenize a corpus (0: in this process)
   c.passkey_lengths = (256, 512, 1024, 2048)  # passkey document lengths, in tokens (evaluation)
   c.passkey_train_lengths = ()  # lengths of the train/validation splits; () = passkey_lengths
   c.passkey_depths = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle position as a fraction of the filler
