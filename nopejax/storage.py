@@ -114,10 +114,13 @@ def walk_files(root):
   return sorted(out, key=lambda pair: pair[0])
 
 
-def copy_tree(src, dst) -> None:
-  """Copies every file under `src` to the same place under `dst` (local or remote, either way)."""
+def copy_tree(src, dst, skip: str = "") -> None:
+  """Copies every file under `src` to the same place under `dst` (local or remote, either way),
+  but files named `skip`."""
   dst = path(dst)
   for rel, f in walk_files(src):
+    if skip and f.name == skip:
+      continue
     target = dst / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(f.read_bytes())
@@ -184,13 +187,15 @@ def synced_dir(root, name: str, build, *, poll_s: float = 2.0) -> epath.Path:
     while not (remote / COMPLETE).exists():
       time.sleep(poll_s)
   with local_lock(local_mirror(root), name):
+    # Markers are never copied: each is written last, after the files it vouches for.
     if not (local / COMPLETE).exists():
       if (remote / COMPLETE).exists():
-        copy_tree(remote, local)
+        copy_tree(remote, local, skip=COMPLETE)
       else:
         build(local)
-      write_text(local / COMPLETE, "ok")
     if primary and not (remote / COMPLETE).exists():
-      copy_tree(local, remote)
+      copy_tree(local, remote, skip=COMPLETE)
       write_text(remote / COMPLETE, "ok")
+    if not (local / COMPLETE).exists():
+      write_text(local / COMPLETE, "ok")
   return local
