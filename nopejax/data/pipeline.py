@@ -94,9 +94,6 @@ class TrainIterator:
     self.docs, self.pad_id = documents.concatenate(parts), tok.pad_id
     self.sizes = [len(p) for p in parts]
     self.weights = SOURCES[data_cfg.kind].weights(data_cfg)
-    for (name, _), size in zip(text_components(data_cfg), self.sizes):
-      if size == 0:
-        raise ValueError(f"data.corpus: {name} has no documents in the train split")
     self.epoch, self.batch, self._layout = 0, 0, None
     rows = self._epoch().num_rows
     if rows < data_cfg.batch_size:
@@ -150,11 +147,6 @@ class TrainIterator:
 
   def close(self) -> None:
     pass
-
-
-def text_components(data_cfg) -> list[tuple[str, float]]:
-  """The corpora of a text source with their weights ([] for tasks and passkey)."""
-  return SOURCES["text"].components(data_cfg) if data_cfg.kind == "text" else []
 
 
 def train_iter(data_cfg, *, process_index=None, process_count=None) -> TrainIterator:

@@ -19,7 +19,13 @@ def documents(data_cfg, tok, split: str) -> list:
     split in ("train", "validation"),
     f"split: {split!r} is not a split of data.kind='text'; known: train, validation",
   )
-  return [corpus.corpus_documents(data_cfg, tok, split, c) for c, _ in components(data_cfg)]
+  parts = [corpus.corpus_documents(data_cfg, tok, split, c) for c, _ in components(data_cfg)]
+  for (name, _), part in zip(components(data_cfg), parts):
+    # A mixture draws from every corpus each epoch; an empty one has nothing to give.
+    specs.check(
+      split != "train" or len(part), f"data.corpus: {name} has no documents in the train split"
+    )
+  return parts
 
 
 def weights(data_cfg) -> list[float] | None:
