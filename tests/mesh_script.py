@@ -1,9 +1,10 @@
 """Run by tests/test_mesh.py in a subprocess with 8 (or 1) host devices.
 
-  python tests/mesh_script.py WORKDIR DATA_DIR STEPS DATA,FSDP,TENSOR [DATA,FSDP,TENSOR ...]
+  python tests/mesh_script.py WORKDIR DATA_DIR STEPS MESH [MESH ...] [key=value ...]
 
-Trains configs/tiny.py in WORKDIR/<mesh> for each mesh and prints one JSON line: for each mesh,
-its losses and the sharding spec of a few parameters.
+MESH is DATA,FSDP,TENSOR or DATA,FSDP,CONTEXT,TENSOR; key=value overrides the config (e.g.
+model.positions=alibi). Trains configs/tiny.py in WORKDIR/<mesh> for each mesh and prints one
+JSON line: for each mesh, its losses and the sharding spec of a few parameters.
 """
 
 import json
@@ -20,8 +21,10 @@ from nopejax import experiment  # noqa: E402
 from nopejax.train import loop  # noqa: E402
 
 
-def main(workdir, data_dir, steps, *meshes):
+def main(workdir, data_dir, steps, *args):
   logging.set_verbosity(logging.ERROR)
+  meshes = [a for a in args if "=" not in a]
+  overrides = dict(a.split("=", 1) for a in args if "=" in a)
   out = {}
   for mesh in meshes:
     cfg = tiny.get_config()
@@ -31,7 +34,14 @@ def main(workdir, data_dir, steps, *meshes):
     cfg.train.log_every = 1
     cfg.train.eval_every = 0
     cfg.train.checkpoint_every = 5
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = map(int, mesh.split(","))
+    sizes = list(map(int, mesh.split(",")))
+    if len(sizes) == 3:
+      sizes.insert(2, 1)
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.context, cfg.mesh.tensor = sizes
+    for key, value in overrides.items():
+      group, name = key.split(".")
+      kind = type(cfg[group][name])
+      cfg[group][name] = value.replace("+", ",") if kind is str else kind(value)
     run_dir = os.path.join(workdir, mesh.replace(",", "_"))
     params = loop.run(experiment.resolve(cfg), run_dir)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:

@@ -138,40 +138,44 @@ def test_attended_keys_of_chunks_restart_at_each_boundary():
 
 
 @pytest.mark.parametrize(
-  "backend,has_bias,length,head_dim,dtype,key_length,expected",
+  "backend,has_bias,length,head_dim,dtype,key_length,documents,window,expected",
   [
-    ("cpu", False, 256, 64, jnp.float32, None, "reference"),
-    ("cpu", True, 256, 64, jnp.float32, None, "reference"),
-    ("cpu", False, 8192, 64, jnp.float32, None, "blockwise"),
-    ("cpu", True, 8192, 64, jnp.float32, None, "blockwise"),
-    ("gpu", False, 4096, 128, jnp.bfloat16, None, "cudnn"),
-    ("gpu", False, 8192, 128, jnp.bfloat16, None, "cudnn"),  # flash: long is fine
-    ("gpu", False, 256, 128, jnp.float32, None, "reference"),  # cuDNN wants fp16/bf16
-    ("gpu", False, 256, 256, jnp.bfloat16, None, "reference"),  # head_dim above 128
-    ("gpu", True, 256, 128, jnp.bfloat16, None, "reference"),  # ALiBi/T5 need a bias
-    ("gpu", True, 8192, 128, jnp.bfloat16, None, "blockwise"),
-    ("tpu", False, 256, 128, jnp.bfloat16, None, "splash"),
-    ("tpu", False, 8192, 128, jnp.float32, None, "splash"),
-    ("tpu", False, 200, 128, jnp.bfloat16, None, "reference"),  # not a multiple of 128
-    ("tpu", False, 256, 64, jnp.bfloat16, None, "reference"),  # head_dim below a lane width
-    ("tpu", True, 256, 128, jnp.bfloat16, None, "reference"),
-    ("tpu", True, 8192, 128, jnp.bfloat16, None, "blockwise"),
-    ("tpu", False, 256, 128, jnp.bfloat16, 1024, "reference"),  # decoding from a KV cache
+    ("cpu", False, 256, 64, jnp.float32, None, True, "full", "reference"),
+    ("cpu", True, 256, 64, jnp.float32, None, True, "full", "reference"),
+    ("cpu", False, 8192, 64, jnp.float32, None, True, "full", "flash"),
+    ("cpu", True, 8192, 64, jnp.float32, None, True, "full", "flash"),
+    ("gpu", False, 4096, 128, jnp.bfloat16, None, False, "full", "cudnn"),
+    ("gpu", False, 8192, 128, jnp.bfloat16, None, False, "sliding", "cudnn"),
+    ("gpu", False, 8192, 128, jnp.bfloat16, None, False, "chunked", "flash"),  # needs a mask
+    ("gpu", False, 4096, 128, jnp.bfloat16, None, True, "full", "flash"),  # packed: a mask
+    ("gpu", False, 256, 128, jnp.float32, None, False, "full", "flash"),  # cuDNN: fp16/bf16
+    ("gpu", False, 256, 256, jnp.bfloat16, None, False, "full", "flash"),  # head_dim > 128
+    ("gpu", True, 256, 128, jnp.bfloat16, None, False, "full", "flash"),  # ALiBi/T5: a bias
+    ("tpu", False, 256, 128, jnp.bfloat16, None, True, "full", "splash"),
+    ("tpu", False, 8192, 128, jnp.float32, None, True, "chunked", "splash"),
+    ("tpu", False, 768, 128, jnp.bfloat16, None, True, "full", "flash"),  # block 512 !| 768
+    ("tpu", False, 200, 128, jnp.bfloat16, None, True, "full", "flash"),  # not a lane multiple
+    ("tpu", False, 256, 64, jnp.bfloat16, None, True, "full", "flash"),  # head_dim < a lane
+    ("tpu", True, 256, 128, jnp.bfloat16, None, True, "full", "flash"),
+    ("tpu", False, 256, 128, jnp.bfloat16, 1024, True, "full", "flash"),  # KV cache decoding
   ],
 )
 def test_auto_picks_the_path_per_backend(
-  backend, has_bias, length, head_dim, dtype, key_length, expected
+  backend, has_bias, length, head_dim, dtype, key_length, documents, window, expected
 ):
   assert (
     attention.choose(
       "auto",
       has_bias=has_bias,
       length=length,
-      blockwise_above=4096,
+      flash_above=4096,
       backend=backend,
       head_dim=head_dim,
       dtype=dtype,
       key_length=key_length,
+      block_size=512,
+      window=window,
+      documents=documents,
     )
     == expected
   )
@@ -180,7 +184,7 @@ def test_auto_picks_the_path_per_backend(
 def test_an_explicit_path_is_kept_everywhere():
   for backend in ("cpu", "gpu", "tpu"):
     assert (
-      attention.choose("xla", has_bias=True, length=10, blockwise_above=4, backend=backend) == "xla"
+      attention.choose("xla", has_bias=True, length=10, flash_above=4, backend=backend) == "xla"
     )
 
 
@@ -195,9 +199,12 @@ def test_auto_per_layer_of_a_mixed_pattern():
     positions="rope@sliding:128,nope,alibi,t5",
   )
   spec = config_lib.resolve(cfg)  # head_dim 128
-  paths = lambda backend: [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 512, backend)]
-  assert paths("tpu") == ["splash", "splash", "reference", "reference"]
-  assert paths("gpu") == ["cudnn", "cudnn", "reference", "reference"]
+  paths = lambda backend, documents=True: [
+    p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 512, backend, documents)
+  ]
+  assert paths("tpu") == ["splash", "splash", "flash", "flash"]
+  assert paths("gpu", documents=False) == ["cudnn", "cudnn", "flash", "flash"]
+  assert paths("gpu") == ["flash"] * 4  # packed rows: jax's cuDNN call would need a dense mask
   assert paths("cpu") == ["reference"] * 4
   assert bench.layer_paths(spec, 512, "tpu")[0] == "0:rope@sliding:128:splash"
 

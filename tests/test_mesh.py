@@ -57,6 +57,35 @@ def test_meshes_match_one_device_and_shard_parameters(tmp_path):
   assert many["1,4,2"]["gate"] == "P(None, 'fsdp', 'tensor')"
 
 
+# Every scheme and window, packed rows (tiny's task documents), block pairs skipped by the
+# flash path; 4 periods of 4 layers would only repeat the same program, so one period.
+CONTEXT_MODEL = (
+  "model.positions=nope+rope@sliding:8+alibi@chunked:16+t5",
+  "model.num_layers=4",
+  "model.attention_impl=flash",
+  "model.block_size=4",
+)
+
+
+def test_context_parallelism_matches_one_device(tmp_path):
+  """Sequence sharded over mesh.context (zigzag order), with data, fsdp and tensor beside it."""
+  one = mesh_run(1, tmp_path / "one", tmp_path / "data", 4, "1,1,1,1", *CONTEXT_MODEL)
+  many = mesh_run(
+    8, tmp_path / "eight", tmp_path / "data", 4, "4,1,2,1", "1,2,4,1", "2,1,2,2", *CONTEXT_MODEL
+  )
+  for mesh, result in many.items():
+    for step, loss in one["1,1,1,1"]["losses"].items():
+      assert result["losses"][step] == pytest.approx(loss, rel=1e-5), mesh
+
+
+def test_context_axis_needs_a_sequence_it_can_balance():
+  cfg = _cfg(data=1, fsdp=1, context=4, tensor=1)
+  spec = config_lib.resolve(cfg.model)
+  # 4 devices x 2 chunks do not divide 36 tokens.
+  with pytest.raises(ValueError, match=r"data\.seq_len=36 .* 2 \* mesh\.context=8"):
+    sharding.check_divisible(spec, mesh_spec.resolve(cfg.mesh), 8, 4, 36)
+
+
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
   data = tmp_path / "data"
   reference = mesh_run(8, tmp_path / "a", data, 10, "8,1,1")["8,1,1"]["losses"]
@@ -79,11 +108,12 @@ def _cfg(**mesh):
 
 
 def test_mesh_that_does_not_multiply_to_the_devices():
-  with pytest.raises(ValueError, match=r"mesh: data\*fsdp\*tensor = 2\*2\*1 = 4 but there are 8"):
+  with pytest.raises(ValueError, match=r"mesh: data\*fsdp\*context\*tensor = 2\*2\*1\*1 = 4 but there are 8"):
     sharding.mesh_shape(mesh_spec.resolve(_cfg(data=2, fsdp=2, tensor=1).mesh), 8)
   assert sharding.mesh_shape(mesh_spec.resolve(_cfg(data=-1, fsdp=2, tensor=2).mesh), 8) == {
     "data": 2,
     "fsdp": 2,
+    "context": 1,
     "tensor": 2,
   }
 

@@ -15,7 +15,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SCHEMES = ("nope", "rope", "alibi", "t5")
 WINDOWS = ("full", "sliding:3", "chunked:4")
-PATHS = ("reference", "xla", "blockwise")
+PATHS = ("reference", "xla", "flash")
 
 
 def tiny(**overrides):
@@ -137,7 +137,7 @@ def test_attention_paths_give_the_same_logits():
     cfg = tiny(positions=",".join(SCHEMES), num_layers=4, windows="sliding:6", attention_impl=path)
     logits[path] = _forward(cfg)(params_for(cfg), tokens, segment_ids)
   np.testing.assert_allclose(logits["xla"], logits["reference"], atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(logits["blockwise"], logits["reference"], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(logits["flash"], logits["reference"], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +168,8 @@ def test_packing_with_absolute_input_positions(input_positions):
   _packing_case(tiny(positions="nope", input_positions=input_positions))
 
 
-def test_packing_on_the_blockwise_path():
-  _packing_case(tiny(positions="rope,alibi", windows="sliding:3", attention_impl="blockwise"))
+def test_packing_on_the_flash_path():
+  _packing_case(tiny(positions="rope,alibi", windows="sliding:3", attention_impl="flash"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +346,8 @@ def test_param_axes_mirror_params():
     (dict(vocab_size=0), "model.vocab_size"),
     (dict(input_positions="rotary"), "model.input_positions"),
     (dict(dtype="fp16"), "model.dtype"),
-    (dict(attention_impl="flash"), "model.attention_impl"),
+    (dict(attention_impl="fast"), "model.attention_impl"),
+    (dict(attention_impl="xla", positions="alibi", dtype="bfloat16"), "model.attention_impl"),
     (dict(remat="some"), "model.remat"),
   ],
 )

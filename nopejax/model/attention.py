@@ -1,4 +1,5 @@
-"""Masks and the three attention paths: reference einsum, jax.nn.dot_product_attention, blockwise.
+"""Masks and the attention paths: reference einsum, jax.nn.dot_product_attention, JAX flash,
+splash (TPU) and cuDNN (GPU).
 
 All paths take q [B, T, N, H], k and v [B, S, K, H] (GQA: N = K * G), a `Keys` description of
 who may see whom, and an optional `bias_fn(q_pos_BT, k_pos_BS) -> [B, N, T, S]`; they agree up
@@ -6,12 +7,16 @@ to floating-point rounding. Queries must already carry the softmax scale.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-NEG_INF = -1e30  # finite, so fully masked blocks of the blockwise path give no NaN
+from nopejax.model.schemes.base import Bias
+
+NEG_INF = -1e30  # finite, so fully masked rows of the flash path give no NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Keys:
   q_seg_BT: jax.Array
   k_seg_BS: jax.Array
   window: Window
+  documents: bool = True  # False: one document per row (segments all equal), no mask needed
 
   def mask(self):
     return mask(
@@ -59,7 +65,7 @@ class Keys:
     )
 
 
-BiasFn = Callable[[jax.Array, jax.Array], jax.Array] | None
+BiasFn = Bias | Callable[[jax.Array, jax.Array], jax.Array] | None
 
 
 def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
@@ -67,7 +73,9 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
   B, T, N, H = q_BTNH.shape
   K = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH).astype(jnp.float32)
+  logits_BKGTS = jnp.einsum(
+    "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+  )
   if bias_fn is not None:
     bias_BNTS = bias_fn(keys.q_pos_BT, keys.k_pos_BS)
     logits_BKGTS += bias_BNTS.reshape(B, K, N // K, T, -1)
@@ -99,75 +107,283 @@ def _blocks(x, size, axis):
   return jnp.moveaxis(x, axis, 0)
 
 
-def blockwise(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None, *, block_size=512):
-  """Online-softmax attention over key blocks, one query block at a time.
+def _block_ranges(x_nB_b, valid_n_b, lo, hi):
+  """Per block and batch row: (min, max) of x over the block's valid entries."""
+  return (
+    jnp.where(valid_n_b, x_nB_b, hi).min(-1),
+    jnp.where(valid_n_b, x_nB_b, lo).max(-1),
+  )
 
-  Peak memory is O(T * block_size) rather than O(T * S), which is what lets a CPU evaluate
-  16k-token contexts. Padded keys get an index past every query, so causality masks them.
-  """
+
+@dataclasses.dataclass(frozen=True)
+class _Blocked:
+  """Queries and keys split into blocks, and which (query block, key block) pairs hold any
+  allowed pair: the others are skipped in both passes."""
+
+  q_idx_nt: jax.Array
+  q_pos_nBt: jax.Array
+  q_seg_nBt: jax.Array
+  k_idx_ms: jax.Array
+  k_pos_mBs: jax.Array
+  k_seg_mBs: jax.Array
+  live_nm: jax.Array  # [query blocks, key blocks] bool
+  window: Window
+
+
+def _block_layout(meta, window, bq, bk):
+  q_idx_T, k_idx_S, q_pos_BT, k_pos_BS, q_seg_BT, k_seg_BS = meta
+  T, S = q_idx_T.shape[0], k_idx_S.shape[0]
+  big = jnp.iinfo(jnp.int32).max
+  # Padded queries match no key (segment -1 vs -2) and padded keys come after every query.
+  q_idx_nt = _blocks(q_idx_T, bq, 0)
+  k_idx_ms = _blocks(jnp.pad(k_idx_S, (0, -S % bk), constant_values=big), bk, 0)
+  q_pos_nBt, k_pos_mBs = _blocks(q_pos_BT, bq, 1), _blocks(k_pos_BS, bk, 1)
+  q_seg_nBt = _blocks(jnp.pad(q_seg_BT, ((0, 0), (0, -T % bq)), constant_values=-1), bq, 1)
+  k_seg_mBs = _blocks(jnp.pad(k_seg_BS, ((0, 0), (0, -S % bk)), constant_values=-2), bk, 1)
+  q_ok_nt = _blocks(jnp.arange(T) < T, bq, 0)
+  k_ok_ms = _blocks(jnp.arange(S) < S, bk, 0)
+  q_ok_nBt, k_ok_mBs = q_ok_nt[:, None], k_ok_ms[:, None]
+  # Block summaries per batch row; a pair is live when some row may have an allowed pair.
+  qi_max_n = jnp.where(q_ok_nt, q_idx_nt, -big).max(-1)
+  ki_min_m = jnp.where(k_ok_ms, k_idx_ms, big).min(-1)
+  qs_lo, qs_hi = _block_ranges(q_seg_nBt, q_ok_nBt, -big, big)
+  ks_lo, ks_hi = _block_ranges(k_seg_mBs, k_ok_mBs, -big, big)
+  live_nmB = (qs_lo[:, None] <= ks_hi[None]) & (ks_lo[None] <= qs_hi[:, None])
+  if window.kind != "full":
+    qp_lo, qp_hi = _block_ranges(q_pos_nBt, q_ok_nBt, -big, big)
+    kp_lo, kp_hi = _block_ranges(k_pos_mBs, k_ok_mBs, -big, big)
+    if window.kind == "sliding":
+      live_nmB &= qp_lo[:, None] - kp_hi[None] < window.size
+    else:
+      w = window.size
+      live_nmB &= (qp_lo[:, None] // w <= kp_hi[None] // w) & (
+        kp_lo[None] // w <= qp_hi[:, None] // w
+      )
+  live_nm = live_nmB.any(-1) & (qi_max_n[:, None] >= ki_min_m[None])
+  return _Blocked(q_idx_nt, q_pos_nBt, q_seg_nBt, k_idx_ms, k_pos_mBs, k_seg_mBs, live_nm, window)
+
+
+def _live_span(live_n):
+  """[first, last + 1) of the live entries (0, 0 when none): the loop bounds over blocks."""
+  n = live_n.shape[0]
+  any_live = live_n.any()
+  first = jnp.argmax(live_n)
+  last = n - jnp.argmax(live_n[::-1])
+  return jnp.where(any_live, first, 0), jnp.where(any_live, last, 0)
+
+
+def _block_logits(q_BtKGH, k_BsKH, lay, i, j, bias_fn, consts):
+  """fp32 logits of query block i against key block j, bias added and the mask applied."""
+  B, t, K, G, _ = q_BtKGH.shape
+  logits_BKGts = jnp.einsum(
+    "BtKGH,BsKH->BKGts", q_BtKGH, k_BsKH, preferred_element_type=jnp.float32
+  )
+  q_pos_Bt, k_pos_Bs = lay.q_pos_nBt[i], lay.k_pos_mBs[j]
+  if bias_fn is not None:
+    logits_BKGts += bias_fn(consts, q_pos_Bt, k_pos_Bs).reshape(B, K, G, t, -1)
+  allowed_Bts = mask(
+    lay.q_idx_nt[i],
+    lay.k_idx_ms[j],
+    q_pos_Bt,
+    k_pos_Bs,
+    lay.q_seg_nBt[i],
+    lay.k_seg_mBs[j],
+    lay.window,
+  )
+  return jnp.where(allowed_Bts[:, None, None], logits_BKGts, NEG_INF), allowed_Bts
+
+
+def _flash_forward(static, q_BTNH, k_BSKH, v_BSKH, meta, consts):
+  window, bias_fn, bq, bk = static
+  B, T, N, H = q_BTNH.shape
+  K = k_BSKH.shape[2]
+  G = N // K
+  lay = _block_layout(meta, window, bq, bk)
+  q_nBtKGH = _blocks(q_BTNH.reshape(B, T, K, G, H), bq, 1)
+  k_mBsKH, v_mBsKH = _blocks(k_BSKH, bk, 1), _blocks(v_BSKH, bk, 1)
+
+  def one_query_block(i):
+    q_BtKGH = q_nBtKGH[i]
+
+    def one_key_block(j, carry):
+      def attend(carry):
+        m_BKGt, l_BKGt, acc_BtKGH = carry
+        logits_BKGts, allowed_Bts = _block_logits(q_BtKGH, k_mBsKH[j], lay, i, j, bias_fn, consts)
+        m_new = jnp.maximum(m_BKGt, logits_BKGts.max(-1))
+        p_BKGts = jnp.where(allowed_Bts[:, None, None], jnp.exp(logits_BKGts - m_new[..., None]), 0)
+        correction = jnp.exp(m_BKGt - m_new)
+        pv_BtKGH = jnp.einsum(
+          "BKGts,BsKH->BtKGH",
+          p_BKGts.astype(v_BSKH.dtype),
+          v_mBsKH[j],
+          preferred_element_type=jnp.float32,
+        )
+        return (
+          m_new,
+          l_BKGt * correction + p_BKGts.sum(-1),
+          acc_BtKGH * jnp.moveaxis(correction, -1, 1)[..., None] + pv_BtKGH,
+        )
+
+      return jax.lax.cond(lay.live_nm[i, j], attend, lambda c: c, carry)
+
+    init = (
+      jnp.full((B, K, G, bq), NEG_INF, jnp.float32),
+      jnp.zeros((B, K, G, bq), jnp.float32),
+      jnp.zeros((B, bq, K, G, H), jnp.float32),
+    )
+    first, last = _live_span(lay.live_nm[i])
+    m_BKGt, l_BKGt, acc_BtKGH = jax.lax.fori_loop(first, last, one_key_block, init)
+    l_safe = jnp.maximum(l_BKGt, 1e-30)
+    out_BtKGH = acc_BtKGH / jnp.moveaxis(l_safe, -1, 1)[..., None]
+    return out_BtKGH.astype(q_BTNH.dtype), m_BKGt + jnp.log(l_safe)
+
+  out_nBtKGH, lse_nBKGt = jax.lax.map(one_query_block, jnp.arange(lay.live_nm.shape[0]))
+  out_BTNH = jnp.moveaxis(out_nBtKGH, 0, 1).reshape(B, -1, N, H)[:, :T]
+  return out_BTNH, lse_nBKGt
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(static, q_BTNH, k_BSKH, v_BSKH, meta, consts):
+  return _flash_forward(static, q_BTNH, k_BSKH, v_BSKH, meta, consts)[0]
+
+
+def _flash_fwd(static, q_BTNH, k_BSKH, v_BSKH, meta, consts):
+  out_BTNH, lse_nBKGt = _flash_forward(static, q_BTNH, k_BSKH, v_BSKH, meta, consts)
+  return out_BTNH, (q_BTNH, k_BSKH, v_BSKH, meta, consts, out_BTNH, lse_nBKGt)
+
+
+def _flash_bwd(static, residuals, dout_BTNH):
+  """Recomputes each live block's probabilities: one pass over key blocks, each accumulating
+  its dK and dV over the query blocks that see it, and adding into dQ and the bias parameters."""
+  window, bias_fn, bq, bk = static
+  q_BTNH, k_BSKH, v_BSKH, meta, consts, out_BTNH, lse_nBKGt = residuals
   B, T, N, H = q_BTNH.shape
   S, K = k_BSKH.shape[1], k_BSKH.shape[2]
   G = N // K
-  bq, bk = min(block_size, T), min(block_size, S)
+  lay = _block_layout(meta, window, bq, bk)
   q_nBtKGH = _blocks(q_BTNH.reshape(B, T, K, G, H), bq, 1)
-  q_idx_nt = _blocks(keys.q_idx_T, bq, 0)
-  q_pos_nBt = _blocks(keys.q_pos_BT, bq, 1)
-  q_seg_nBt = _blocks(keys.q_seg_BT, bq, 1)
-  k_mBsKH = _blocks(k_BSKH, bk, 1)
-  v_mBsKH = _blocks(v_BSKH, bk, 1)
-  k_idx_S = jnp.pad(keys.k_idx_S, (0, -S % bk), constant_values=jnp.iinfo(jnp.int32).max)
-  k_idx_ms = _blocks(k_idx_S, bk, 0)
-  k_pos_mBs = _blocks(keys.k_pos_BS, bk, 1)
-  k_seg_mBs = _blocks(keys.k_seg_BS, bk, 1)
+  do_nBtKGH = _blocks(dout_BTNH.reshape(B, T, K, G, H), bq, 1)
+  # D = rowsum(dO * O), the softmax backward's correction term, per query.
+  delta_BTKG = jnp.sum(dout_BTNH.astype(jnp.float32) * out_BTNH.astype(jnp.float32), -1).reshape(
+    B, T, K, G
+  )
+  delta_nBKGt = _blocks(delta_BTKG, bq, 1).transpose(0, 1, 3, 4, 2)
+  k_mBsKH, v_mBsKH = _blocks(k_BSKH, bk, 1), _blocks(v_BSKH, bk, 1)
+  learned = lambda c: jnp.issubdtype(c.dtype, jnp.inexact)  # integer constants get no gradient
 
-  def one_query_block(q_args):
-    q_BtKGH, q_idx_t, q_pos_Bt, q_seg_Bt = q_args
-    t = q_BtKGH.shape[1]
+  def one_key_block(carry, j):
+    dq_nBtKGH, dconsts = carry
+    k_BsKH, v_BsKH = k_mBsKH[j], v_mBsKH[j]
 
-    def one_key_block(carry, k_args):
-      m_BKGt, l_BKGt, acc_BtKGH = carry
-      k_BsKH, v_BsKH, k_idx_s, k_pos_Bs, k_seg_Bs = k_args
-      logits_BKGts = jnp.einsum("BtKGH,BsKH->BKGts", q_BtKGH, k_BsKH).astype(jnp.float32)
-      if bias_fn is not None:
-        logits_BKGts += bias_fn(q_pos_Bt, k_pos_Bs).reshape(B, K, G, t, -1)
-      allowed_Bts = mask(q_idx_t, k_idx_s, q_pos_Bt, k_pos_Bs, q_seg_Bt, k_seg_Bs, keys.window)
-      logits_BKGts = jnp.where(allowed_Bts[:, None, None], logits_BKGts, NEG_INF)
-      m_new = jnp.maximum(m_BKGt, logits_BKGts.max(-1))
-      p_BKGts = jnp.exp(logits_BKGts - m_new[..., None])
-      p_BKGts = jnp.where(allowed_Bts[:, None, None], p_BKGts, 0.0)
-      correction = jnp.exp(m_BKGt - m_new)
-      l_new = l_BKGt * correction + p_BKGts.sum(-1)
-      pv_BtKGH = jnp.einsum("BKGts,BsKH->BtKGH", p_BKGts.astype(v_BsKH.dtype), v_BsKH)
-      acc_new = acc_BtKGH * jnp.moveaxis(correction, -1, 1)[..., None] + pv_BtKGH
-      return (m_new, l_new, acc_new), None
+    def one_query_block(i, inner):
+      def attend(inner):
+        dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts = inner
+        q_BtKGH, do_BtKGH = q_nBtKGH[i], do_nBtKGH[i]
 
-    init = (
-      jnp.full((B, K, G, t), NEG_INF, jnp.float32),
-      jnp.zeros((B, K, G, t), jnp.float32),
-      jnp.zeros((B, t, K, G, H), jnp.float32),
+        def logits_of(cs):
+          return _block_logits(q_BtKGH, k_BsKH, lay, i, j, bias_fn, cs)
+
+        if bias_fn is None:
+          logits_BKGts, allowed_Bts = logits_of(consts)
+        else:
+          (logits_BKGts, allowed_Bts), bias_vjp = jax.vjp(logits_of, consts)
+        p_BKGts = jnp.where(
+          allowed_Bts[:, None, None], jnp.exp(logits_BKGts - lse_nBKGt[i][..., None]), 0.0
+        )
+        dv_BsKH = dv_BsKH + jnp.einsum(
+          "BKGts,BtKGH->BsKH",
+          p_BKGts.astype(do_BtKGH.dtype),
+          do_BtKGH,
+          preferred_element_type=jnp.float32,
+        )
+        dp_BKGts = jnp.einsum(
+          "BtKGH,BsKH->BKGts", do_BtKGH, v_BsKH, preferred_element_type=jnp.float32
+        )
+        ds_BKGts = p_BKGts * (dp_BKGts - delta_nBKGt[i][..., None])
+        dk_BsKH = dk_BsKH + jnp.einsum(
+          "BKGts,BtKGH->BsKH",
+          ds_BKGts.astype(q_BtKGH.dtype),
+          q_BtKGH,
+          preferred_element_type=jnp.float32,
+        )
+        dq_BtKGH = jnp.einsum(
+          "BKGts,BsKH->BtKGH",
+          ds_BKGts.astype(k_BsKH.dtype),
+          k_BsKH,
+          preferred_element_type=jnp.float32,
+        )
+        dq_nBtKGH = dq_nBtKGH.at[i].add(dq_BtKGH)
+        if bias_fn is not None:
+          (d_cs,) = bias_vjp((ds_BKGts, np.zeros(allowed_Bts.shape, jax.dtypes.float0)))
+          dconsts = jax.tree.map(
+            lambda d, dc, c: d + dc if learned(c) else d, dconsts, d_cs, consts
+          )
+        return dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts
+
+      return jax.lax.cond(lay.live_nm[i, j], attend, lambda c: c, inner)
+
+    zeros = jnp.zeros((B, bk, K, H), jnp.float32)
+    first, last = _live_span(lay.live_nm[:, j])
+    dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts = jax.lax.fori_loop(
+      first, last, one_query_block, (zeros, zeros, dq_nBtKGH, dconsts)
     )
-    (_, l_BKGt, acc_BtKGH), _ = jax.lax.scan(
-      one_key_block, init, (k_mBsKH, v_mBsKH, k_idx_ms, k_pos_mBs, k_seg_mBs)
-    )
-    return acc_BtKGH / jnp.moveaxis(jnp.maximum(l_BKGt, 1e-30), -1, 1)[..., None]
+    return (dq_nBtKGH, dconsts), (dk_BsKH, dv_BsKH)
 
-  out_nBtKGH = jax.lax.map(one_query_block, (q_nBtKGH, q_idx_nt, q_pos_nBt, q_seg_nBt))
-  out_BTKGH = jnp.moveaxis(out_nBtKGH, 0, 1).reshape(B, -1, K, G, H)[:, :T]
-  return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
+  dconsts0 = jax.tree.map(lambda c: jnp.zeros(c.shape, jnp.float32) if learned(c) else c, consts)
+  dq0 = jnp.zeros(q_nBtKGH.shape, jnp.float32)
+  (dq_nBtKGH, dconsts), (dk_mBsKH, dv_mBsKH) = jax.lax.scan(
+    one_key_block, (dq0, dconsts0), jnp.arange(lay.live_nm.shape[1])
+  )
+  unblock = lambda x, length: jnp.moveaxis(x, 0, 1).reshape((B, -1) + x.shape[3:])[:, :length]
+  dq_BTNH = unblock(dq_nBtKGH, T).reshape(B, T, N, H).astype(q_BTNH.dtype)
+  dk_BSKH = unblock(dk_mBsKH, S).astype(k_BSKH.dtype)
+  dv_BSKH = unblock(dv_mBsKH, S).astype(v_BSKH.dtype)
+  dconsts = jax.tree.map(lambda d, c: d.astype(c.dtype) if learned(c) else None, dconsts, consts)
+  return dq_BTNH, dk_BSKH, dv_BSKH, None, dconsts
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None, *, block_size=512):
+  """Flash attention in JAX (Dao et al. 2022): online softmax over key blocks, and a custom VJP
+  that recomputes each block's probabilities, so memory is linear in length in both passes.
+
+  Block pairs that the causal order, the documents or the window leave empty are skipped in
+  both passes (from per-block index, position and segment ranges, so packed rows and the
+  gathered keys of context parallelism skip too). The bias is computed per block from
+  positions; its parameters (T5's table and the like) get their gradients through the custom
+  VJP (`jax.closure_convert` lifts them out of `bias_fn`). Logits, softmax statistics and all
+  gradient accumulators are fp32.
+  """
+  B, T = q_BTNH.shape[:2]
+  S = k_BSKH.shape[1]
+  bq, bk = min(block_size, T), min(block_size, S)
+  meta = (keys.q_idx_T, keys.k_idx_S, keys.q_pos_BT, keys.k_pos_BS, keys.q_seg_BT, keys.k_seg_BS)
+  fn, params = None, ()
+  if isinstance(bias_fn, Bias):
+    fn, params = bias_fn.fn, bias_fn.params
+  elif bias_fn is not None:  # a plain closure: lift the arrays it closes over into parameters
+    example = (jnp.zeros((B, bq), jnp.int32), jnp.zeros((B, bk), jnp.int32))
+    closed, consts = jax.closure_convert(bias_fn, *example)
+    fn, params = (lambda cs, q_pos, k_pos: closed(q_pos, k_pos, *cs)), list(consts)
+  return _flash((keys.window, fn, bq, bk), q_BTNH, k_BSKH, v_BSKH, meta, params)
 
 
 def cudnn(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
-  """cuDNN flash attention (GPU, fp16/bf16, no bias); causality and sliding windows let it skip
-  blocks, the mask adds documents (and chunks) on top."""
+  """cuDNN flash attention (GPU, fp16/bf16, no bias): causal, with sliding windows as cuDNN's
+  local window. Without packed documents no mask is passed at all; packed documents and chunked
+  windows need the dense mask, so `auto` gives those layers the flash path instead."""
   if bias_fn is not None:
     raise ValueError("model.attention_impl=cudnn: cuDNN attention takes no ALiBi/T5 bias")
   window = keys.window
   local = (window.size - 1, 0) if window.kind == "sliding" else None
+  dense = keys.documents or window.kind == "chunked"
   return jax.nn.dot_product_attention(
     q_BTNH,
     k_BSKH,
     v_BSKH,
-    mask=keys.mask()[:, None],
+    mask=keys.mask()[:, None] if dense else None,
     scale=1.0,
     is_causal=True,
     local_window_size=local,
@@ -263,10 +479,95 @@ def splash(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None, *, block_size=5
   return attend(*args).reshape(B, T, N, H)
 
 
+@dataclasses.dataclass(frozen=True)
+class ContextAxis:
+  """The mesh axis that shards the sequence (`mesh.context`), and its size (1: none)."""
+
+  name: str | None = None
+  size: int = 1
+
+
+def context_axis(length):
+  """The context axis that shards a sequence of `length` tokens: none outside a mesh with one,
+  and none for a length it does not divide (initialization's one token, odd evaluation
+  lengths), which then runs unsharded."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "context" not in mesh.axis_names or mesh.shape["context"] == 1:
+    return ContextAxis()
+  if length % mesh.shape["context"]:
+    return ContextAxis()
+  return ContextAxis("context", mesh.shape["context"])
+
+
+def context_parallel(
+  path, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, *, context, batch_axes, head_axes, kv_head_axes
+):
+  """Attention with the sequence sharded over `context`: each device keeps its queries and
+  gathers every key and value (and their indices, positions and segments) over the axis.
+
+  Causality, documents and windows come from the gathered indices, positions and segments, so
+  any sequence order works: the train step lays the sequence out so each device holds one chunk
+  from each end (`zigzag`), and no device idles on the causally masked half. The backward pass
+  of the gather is a reduce-scatter of the key and value gradients.
+  """
+  if q_BTNH.shape[1] != k_BSKH.shape[1]:
+    raise ValueError("mesh.context > 1 cannot decode from a KV cache; use mesh.context=1")
+  P = jax.sharding.PartitionSpec
+  axis = context.name
+
+  if bias_fn is not None and not isinstance(bias_fn, Bias):
+    raise TypeError("context parallelism needs the bias as a schemes.base.Bias")
+  bias_params = () if bias_fn is None else bias_fn.params
+
+  def attend(q_BtNH, k_BsKH, v_BsKH, idx_t, pos_Bt, seg_Bt, bias_params):
+    gather = functools.partial(jax.lax.all_gather, axis_name=axis, tiled=True)
+    local = Keys(
+      idx_t,
+      gather(idx_t, axis=0),
+      pos_Bt,
+      gather(pos_Bt, axis=1),
+      seg_Bt,
+      gather(seg_Bt, axis=1),
+      keys.window,
+      keys.documents,
+    )
+    bias = None if bias_fn is None else Bias(bias_fn.fn, bias_params)
+    return path(q_BtNH, gather(k_BsKH, axis=1), gather(v_BsKH, axis=1), local, bias)
+
+  rows = P(batch_axes, axis)
+  return jax.shard_map(
+    attend,
+    in_specs=(
+      P(batch_axes, axis, head_axes),
+      P(batch_axes, axis, kv_head_axes),
+      P(batch_axes, axis, kv_head_axes),
+      P(axis),
+      rows,
+      rows,
+      jax.tree.map(lambda _: P(), bias_params),
+    ),
+    out_specs=P(batch_axes, axis, head_axes),
+    # Unchecked: the flash loops carry values whose replication jax cannot type; the transpose
+    # then sums the gradients of replicated inputs (a bias's parameters) over the mesh.
+    check_vma=False,
+  )(q_BTNH, k_BSKH, v_BSKH, keys.q_idx_T, keys.q_pos_BT, keys.q_seg_BT, bias_params)
+
+
+def zigzag(length, shards):
+  """The sequence order of causal load balancing: split into 2 * shards chunks, shard c holds
+  chunks c and 2 * shards - 1 - c, so every shard has as many early as late queries. A length
+  that splits only into `shards` chunks keeps its order (correct, not balanced)."""
+  if shards == 1 or length % (2 * shards):
+    return np.arange(length, dtype=np.int32)
+  chunks = np.arange(length, dtype=np.int32).reshape(2 * shards, -1)
+  order = [i for c in range(shards) for i in (c, 2 * shards - 1 - c)]
+  return chunks[order].reshape(-1)
+
+
 PATHS = {
   "reference": reference,
   "xla": xla,
-  "blockwise": blockwise,
+  "flash": flash,
   "splash": splash,
   "cudnn": cudnn,
 }
@@ -286,30 +587,44 @@ def choose(
   *,
   has_bias,
   length,
-  blockwise_above,
+  flash_above,
   backend=None,
   head_dim=None,
   dtype=None,
   key_length=None,
+  block_size=512,
+  window="full",
+  documents=True,
 ):
-  """The attention path for one layer; `auto` picks by backend, bias, length, head_dim and dtype.
+  """The attention path for one layer; `auto` picks by backend, bias, window, shapes and dtype,
+  and never a path that would then refuse the shapes.
 
-  TPU: splash for bias-free layers whose length and head_dim fit its 128-lane blocks. GPU:
-  cuDNN flash attention for bias-free fp16/bf16 layers with head_dim <= 128. Otherwise the
-  blockwise path above `blockwise_above` tokens (memory O(T * block)), else the reference
-  einsum, which carries ALiBi/T5 biases and on CPU is the fastest at training lengths. The
-  flash kernels need queries and keys to be the same tokens (key_length None or == length; not
-  so when decoding from a KV cache).
+  TPU: splash for bias-free layers whose length and head_dim fit its 128-lane blocks and whose
+  length the block size divides. GPU: cuDNN for bias-free, unchunked fp16/bf16 layers with
+  head_dim <= 128 over unpacked rows (`documents=False`: jax's cuDNN call takes no segment ids,
+  only a dense mask). Every other layer on an accelerator, and any layer longer than `flash_above`
+  on a CPU, takes the JAX flash path (memory linear in length, biases per block); short CPU
+  layers the reference einsum, the fastest there at training lengths. The kernels need queries
+  and keys to be the same tokens (key_length None or == length; not so when decoding from a KV
+  cache).
   """
   if impl != "auto":
     return impl
   backend = backend or _backend()
-  flash = not has_bias and key_length in (None, length)
-  if flash and backend == "tpu" and length % 128 == 0 and (head_dim or 0) % 128 == 0:
+  kernel = not has_bias and key_length in (None, length)
+  if (
+    kernel
+    and backend == "tpu"
+    and length % 128 == 0
+    and length % min(block_size, length) == 0
+    and (head_dim or 0) % 128 == 0
+  ):
     return "splash"
   if (
-    flash
+    kernel
     and backend in ("gpu", "cuda")
+    and not documents
+    and window != "chunked"
     and dtype is not None
     and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     and head_dim is not None
@@ -317,6 +632,6 @@ def choose(
     and head_dim % 8 == 0
   ):
     return "cudnn"
-  if length > blockwise_above:
-    return "blockwise"
+  if backend != "cpu" or length > flash_above:
+    return "flash"
   return "reference"

@@ -10,6 +10,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from nopejax.model import attention, kv_cache
@@ -37,6 +38,35 @@ def _splash_partition():
     return None
   batch, heads = nn.logical_to_mesh_axes(("batch", "kv_heads"))
   return batch, heads
+
+
+def _partition(bias_fn):
+  """Mesh axes of batch and heads for context parallelism's shard_map. A bias covers all heads,
+  so bias layers keep every head on each device."""
+  # One call per name: within one spec flax drops a mesh axis that repeats (heads, kv_heads).
+  (batch,), (heads,), (kv_heads,) = (
+    nn.logical_to_mesh_axes((n,)) for n in ("batch", "heads", "kv_heads")
+  )
+  if bias_fn is not None:
+    heads = kv_heads = None
+  return dict(batch_axes=batch, head_axes=heads, kv_head_axes=kv_heads)
+
+
+def path_for(spec, layer, length, *, key_length=None, backend=None, documents=True):
+  """The attention path of one layer at `length` queries (and `key_length` keys)."""
+  return attention.choose(
+    spec.attention_impl,
+    has_bias=SCHEMES[layer.scheme].has_bias,
+    length=length,
+    flash_above=spec.flash_above,
+    backend=backend,
+    head_dim=spec.head_dim,
+    dtype=spec.dtype,
+    key_length=key_length,
+    block_size=spec.block_size,
+    window=layer.window,
+    documents=documents,
+  )
 
 
 class RMSNorm(nn.Module):
@@ -116,22 +146,22 @@ class Attention(nn.Module):
     if self.cache_len:
       k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys)
     bias_fn = scheme.bias_fn(self, s)
-    impl = attention.choose(
-      s.attention_impl,
-      has_bias=bias_fn is not None,
-      length=x_BTD.shape[1],
-      blockwise_above=s.blockwise_above,
-      head_dim=s.head_dim,
-      dtype=s.dtype,
-      key_length=k_BSKH.shape[1],
+    context = attention.context_axis(x_BTD.shape[1])
+    impl = path_for(
+      s, layer, x_BTD.shape[1] // context.size, key_length=k_BSKH.shape[1], documents=keys.documents
     )
     _log_path(tuple(i for i, t in enumerate(s.layers) if t == layer), str(layer), impl)
     path = attention.PATHS[impl]
-    if impl == "blockwise":
+    if impl == "flash":
       path = functools.partial(path, block_size=s.block_size)
     elif impl == "splash":
       path = functools.partial(path, block_size=s.block_size, partition=_splash_partition())
-    out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
+    if context.size > 1:
+      out_BTNH = attention.context_parallel(
+        path, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, context=context, **_partition(bias_fn)
+      )
+    else:
+      out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
     w_NHD = param(
       self,
       "o",
@@ -170,12 +200,13 @@ class Block(nn.Module):
   spec: spec_lib.ModelSpec
   layer: object
   cache_len: int = 0
+  documents: bool = True  # rows may pack several documents (segment ids matter)
 
   @nn.compact
   def __call__(self, x_BTD, context):
     idx_T, pos_BT, seg_BT = context
     window = attention.Window(self.layer.window, self.layer.window_size)
-    keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window)
+    keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window, self.documents)
     h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
     x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys)
     h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
@@ -188,11 +219,13 @@ class Period(nn.Module):
 
   spec: spec_lib.ModelSpec
   cache_len: int = 0
+  documents: bool = True
 
   @nn.compact
   def __call__(self, x_BTD, context):
     for i, layer in enumerate(self.spec.period):
-      x_BTD = Block(self.spec, layer, self.cache_len, name=f"block_{i}")(x_BTD, context)
+      block = Block(self.spec, layer, self.cache_len, self.documents, name=f"block_{i}")
+      x_BTD = block(x_BTD, context)
     return x_BTD, None
 
 
@@ -201,9 +234,13 @@ class Decoder(nn.Module):
   cache_len: int = 0  # > 0: decoding with a KV cache (generate.py); 0: the plain forward pass
 
   @nn.compact
-  def __call__(self, tokens_BT, positions_BT, segment_ids_BT, indices_T=None):
-    """indices_T: the tokens' indices in the sequence (default 0..T-1; decoding steps go on)."""
+  def __call__(self, tokens_BT, positions_BT, segment_ids_BT=None, indices_T=None):
+    """indices_T: the tokens' indices in the sequence (default 0..T-1; decoding steps go on,
+    context parallelism permutes them). segment_ids_BT None: one document per row."""
     s = self.spec
+    documents = segment_ids_BT is not None
+    if not documents:
+      segment_ids_BT = jnp.ones(tokens_BT.shape, jnp.int32)
     embedding_VD = param(
       self,
       "embedding",
@@ -232,6 +269,16 @@ class Decoder(nn.Module):
       period = nn.remat(Period, policy=REMAT[s.remat], prevent_cse=False)
     if indices_T is None:
       indices_T = jnp.arange(tokens_BT.shape[1], dtype=jnp.int32)
+    shards = attention.context_axis(tokens_BT.shape[1]).size
+    if shards > 1:
+      # Context parallelism: the layers see the sequence in zigzag order, each device one chunk
+      # from each end; attention masks by the permuted indices, and the order is undone below.
+      order_T = attention.zigzag(tokens_BT.shape[1], shards)
+      x_BTD, positions_BT, segment_ids_BT = (
+        a[:, order_T] for a in (x_BTD, positions_BT, segment_ids_BT)
+      )
+      indices_T = indices_T[order_T]
+      x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
     context = (indices_T, positions_BT, segment_ids_BT)
     x_BTD, _ = nn.scan(
       period,
@@ -241,8 +288,10 @@ class Decoder(nn.Module):
       length=s.repeats,
       unroll=min(s.scan_unroll, s.repeats),
       metadata_params={nn.PARTITION_NAME: "layers"},
-    )(s, self.cache_len, name="layers")(x_BTD, context)
+    )(s, self.cache_len, documents, name="layers")(x_BTD, context)
 
+    if shards > 1:
+      x_BTD = x_BTD[:, np.argsort(order_T)]
     x_BTD = RMSNorm(s, name="final_norm")(x_BTD)
     if s.tie_embeddings:
       head_DV = embedding_VD.T

@@ -12,7 +12,7 @@ from nopejax.model.schemes import SCHEMES
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INPUT_POSITIONS = ("none", "learned", "sinusoidal")
-ATTENTION_IMPLS = ("auto", "reference", "xla", "blockwise", "splash", "cudnn")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "flash", "splash", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 
 
@@ -46,9 +46,9 @@ def model_config():
   c.norm_eps = 1e-6  # RMSNorm epsilon
   c.dtype = "float32"  # compute dtype: float32|bfloat16
   c.param_dtype = "float32"  # storage dtype of the parameters (fp32 master weights)
-  c.attention_impl = "auto"  # auto (per layer)|reference|xla|blockwise|splash (TPU)|cudnn (GPU)
-  c.block_size = 512  # query/key block of the blockwise path
-  c.blockwise_above = 4096  # auto uses the blockwise path for sequences longer than this
+  c.attention_impl = "auto"  # auto (per layer)|reference|xla|flash|splash (TPU)|cudnn (GPU)
+  c.block_size = 512  # query/key block of the flash and splash paths
+  c.flash_above = 4096  # on a CPU, auto uses the flash path for sequences longer than this
   c.remat = "none"  # activation checkpointing per scanned period: none|full|dots
   c.scan_unroll = 1  # periods per scan iteration; unrolling a short model saves the CPU loop
   return c
@@ -85,7 +85,7 @@ class ModelSpec:
   param_dtype: object
   attention_impl: str
   block_size: int
-  blockwise_above: int
+  flash_above: int
   remat: str
   scan_unroll: int = 1
   # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
@@ -148,6 +148,18 @@ def resolve(cfg):
     f"model.t5_num_buckets={cfg.t5_num_buckets} (and num_buckets >= 2)",
   )
   specs.positive(cfg.rope_theta, "model.rope_theta", float)
+  # 0.1's name for the memory-linear path, which the flash path replaces.
+  impl = "flash" if cfg.attention_impl == "blockwise" else cfg.attention_impl
+  attention_impl = specs.choice(impl, ATTENTION_IMPLS, "model.attention_impl")
+  specs.check(
+    not (
+      attention_impl == "xla"
+      and cfg.dtype != "float32"
+      and any(SCHEMES[t.scheme].has_bias for t in types)
+    ),
+    f"model.attention_impl=xla adds the ALiBi/T5 bias in model.dtype={cfg.dtype}, which rounds "
+    "a bias of 64 to steps of 0.5; use flash or reference for bias layers below float32",
+  )
   return specs.from_group(
     ModelSpec,
     cfg,
@@ -167,7 +179,7 @@ def resolve(cfg):
     norm_eps=float(cfg.norm_eps),
     dtype=DTYPES[specs.choice(cfg.dtype, tuple(DTYPES), "model.dtype")],
     param_dtype=DTYPES[specs.choice(cfg.param_dtype, tuple(DTYPES), "model.param_dtype")],
-    attention_impl=specs.choice(cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl"),
+    attention_impl=attention_impl,
     remat=specs.choice(cfg.remat, REMAT_POLICIES, "model.remat"),
     scan_unroll=specs.positive(cfg.get("scan_unroll", 1), "model.scan_unroll"),
   )

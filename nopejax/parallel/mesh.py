@@ -1,4 +1,4 @@
-"""The device mesh (data, fsdp, tensor) and the mapping of logical axis names onto it."""
+"""The device mesh (data, fsdp, context, tensor) and the mapping of logical axis names onto it."""
 
 import math
 
@@ -21,7 +21,7 @@ def mesh_shape(mesh_spec, num_devices):
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-      f"mesh: data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
+      f"mesh: data*fsdp*context*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
       f"but there are {num_devices} devices"
     )
   return dict(zip(AXES, sizes))
@@ -33,9 +33,14 @@ def make_mesh(mesh_spec, devices=None):
   return Mesh(np.asarray(devices).reshape([shape[a] for a in AXES]), AXES)
 
 
-def check_divisible(spec, mesh_spec, batch_size, num_devices):
+def check_divisible(spec, mesh_spec, batch_size, num_devices, seq_len=None):
   """Named errors for shapes the mesh cannot split, before anything compiles."""
   shape = mesh_shape(mesh_spec, num_devices)
+  if shape["context"] > 1 and seq_len is not None and seq_len % (2 * shape["context"]):
+    raise ValueError(
+      f"data.seq_len={seq_len} is not divisible by 2 * mesh.context={2 * shape['context']} "
+      "(context parallelism gives each device one chunk from each end of the sequence)"
+    )
   batch_shards = shape["data"] * shape["fsdp"]
   if batch_size % batch_shards:
     raise ValueError(
@@ -71,7 +76,9 @@ def logical_shardings(logical_specs, abstract, mesh, rules):
 
 
 def batch_sharding(mesh, rules):
-  spec = nn.logical_to_mesh_axes(("batch", "length"), rules)
+  """Rows over the batch axes, whole: with context parallelism each process still feeds whole
+  rows, and the model shards the sequence of its activations (logical axis `length`)."""
+  spec = nn.logical_to_mesh_axes(("batch", None), rules)
   return NamedSharding(mesh, spec)
 
 

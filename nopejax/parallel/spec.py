@@ -6,13 +6,14 @@ import ml_collections
 
 from nopejax import specs
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")
 
 
 def mesh_config():
   c = ml_collections.ConfigDict()
   c.data = -1  # data-parallel axis; -1 takes the devices the other axes leave
   c.fsdp = 1  # parameters and optimizer state sharded over this axis
+  c.context = 1  # context parallelism: the sequence sharded over this axis (long sequences)
   c.tensor = 1  # Megatron-style tensor parallelism over heads and MLP hidden
   # Logical axis -> mesh axes; the model names its axes, only this table places them.
   c.rules = (
@@ -22,7 +23,7 @@ def mesh_config():
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
-    ("length", None),
+    ("length", "context"),
     ("head_dim", None),
     ("layers", None),
     ("norm", None),
@@ -37,6 +38,7 @@ class MeshSpec:
 
   data: int = -1
   fsdp: int = 1
+  context: int = 1
   tensor: int = 1
   rules: tuple = ()
 
@@ -52,7 +54,8 @@ def resolve(group) -> MeshSpec:
       f"mesh.{axis}: expected a positive size or -1, got {size}",
     )
   specs.check(
-    m.sizes().count(-1) <= 1, "mesh: at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"
+    m.sizes().count(-1) <= 1,
+    "mesh: at most one of mesh.data, mesh.fsdp, mesh.context, mesh.tensor may be -1",
   )
   rules = tuple(
     (name, axes if axes is None or isinstance(axes, str) else tuple(axes)) for name, axes in m.rules

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nopejax.model import attention
-from nopejax.model.schemes import SCHEMES
+from nopejax.model import decoder
 from nopejax.train import build as build_lib
 
 # Dense bf16 peak FLOP/s per chip (public specs; H100/H200: SXM, without sparsity). Matched
@@ -231,19 +230,12 @@ def time_interleaved(steppers, steps, warmup):
 # ----------------------------------------------------------------------------- the benchmark
 
 
-def layer_paths(spec, length, backend=None):
-  """The attention path `auto` (or the config) gives each layer, as `index:scheme@window:path`."""
+def layer_paths(spec, length, backend=None, documents=True):
+  """The attention path `auto` (or the config) gives each layer, as `index:scheme@window:path`;
+  `documents`: whether rows pack several documents (`data.pack`)."""
   out = []
   for i, layer in enumerate(spec.layers):
-    path = attention.choose(
-      spec.attention_impl,
-      has_bias=SCHEMES[layer.scheme].has_bias,
-      length=length,
-      blockwise_above=spec.blockwise_above,
-      backend=backend,
-      head_dim=spec.head_dim,
-      dtype=spec.dtype,
-    )
+    path = decoder.path_for(spec, layer, length, backend=backend, documents=documents)
     out.append(f"{i}:{layer}:{path}")
   return out
 
@@ -290,7 +282,7 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
     seq_len=seq_len,
     dtype=np.dtype(spec.dtype).name,
     remat=spec.remat,
-    attention=layer_paths(spec, seq_len),
+    attention=layer_paths(spec, seq_len, documents=exp.data.pack),
     **ours.analysis(),
   )
   if "xla_flops_per_step" in result:

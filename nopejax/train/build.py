@@ -96,7 +96,7 @@ def state_shardings(spec, tx, mesh, rules, seed):
 def build(exp, devices=None):
   """The Run of `exp` on `devices` (default: all of jax's); shape errors name their keys."""
   devices = jax.devices() if devices is None else devices
-  mesh_lib.check_divisible(exp.model, exp.mesh, exp.data.batch_size, len(devices))
+  mesh_lib.check_divisible(exp.model, exp.mesh, exp.data.batch_size, len(devices), exp.data.seq_len)
   mesh = mesh_lib.make_mesh(exp.mesh, devices)
   rules = exp.mesh.rules
   batch_sharding = mesh_lib.batch_sharding(mesh, rules)

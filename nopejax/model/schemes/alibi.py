@@ -34,7 +34,12 @@ def alibi_bias(q_pos_BT, k_pos_BS, num_heads):
 class ALiBi(base.Scheme):
   def bias_fn(self, module, spec):
     del module
-    return functools.partial(alibi_bias, num_heads=spec.num_heads)
+    return base.Bias(functools.partial(_no_params, num_heads=spec.num_heads))
+
+
+def _no_params(params, q_pos_BT, k_pos_BS, *, num_heads):
+  del params
+  return alibi_bias(q_pos_BT, k_pos_BS, num_heads)
 
 
 ALIBI = ALiBi("alibi", has_bias=True)

@@ -12,6 +12,21 @@ R rotary frequencies, U bias buckets.
 """
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Bias:
+  """A bias on the logits with its parameters explicit: `fn(params, q_pos_BT, k_pos_BS) ->
+  [B, N, T, S]` float32. Called as `bias(q_pos_BT, k_pos_BS)`; the flash path and context
+  parallelism take `params` apart to differentiate them and to pass them into shard_map."""
+
+  fn: Callable
+  params: Any = ()
+
+  def __call__(self, q_pos_BT, k_pos_BS):
+    return self.fn(self.params, q_pos_BT, k_pos_BS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +41,7 @@ class Scheme:
     return q_BTNH, k_BSKH
 
   def bias_fn(self, module, spec):
-    """None, or `bias_fn(q_pos_BT, k_pos_BS) -> [B, N, T, S]` float32 added to the logits."""
+    """None, or a `Bias`: `bias(q_pos_BT, k_pos_BS) -> [B, N, T, S]` float32 added to the
+    logits, its learned parameters (if any) in `Bias.params`."""
     del module, spec
     return None

@@ -46,7 +46,11 @@ class T5(base.Scheme):
       ("buckets", "heads"),
       spec.param_dtype,
     )
-    return functools.partial(t5_bias, table_UN=table_UN, max_distance=spec.t5_max_distance)
+    return base.Bias(functools.partial(_t5_bias_of, max_distance=spec.t5_max_distance), table_UN)
+
+
+def _t5_bias_of(table_UN, q_pos_BT, k_pos_BS, *, max_distance):
+  return t5_bias(q_pos_BT, k_pos_BS, table_UN, max_distance=max_distance)
 
 
 T5_BIAS = T5("t5", has_bias=True)
