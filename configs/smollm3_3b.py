@@ -1,6 +1,8 @@
 """SmolLM3-3B's shape for TPU/GPU pods: 36 layers, RoPE in three of four (NoPE at 3, 7, ...).
 
   python -m nopejax.aot --config=configs/smollm3_3b.py --topology=v5p:2x2x1
+  python -m nopejax.aot --config=configs/smollm3_3b.py:seq_len=65536,batch_size=4,context=2 \
+      --topology=v5p:2x2x2   # 64k tokens per sequence, the sequence over 2 chips
   python -m nopejax.train --config=configs/smollm3_3b.py --workdir=gs://bucket/smollm3 \
       --config.data.tokenizer=hf:/path/to/tokenizer.json --config.data.corpus=/data/text
   # fine-tune released weights: python -m nopejax.hf import --hf_dir=D --workdir=W, then
@@ -11,7 +13,7 @@ from nopejax import experiment
 
 
 def get_config(arg=None):
-  a = experiment.parse_arg(arg, seq_len=4096, batch_size=32, steps=100_000)
+  a = experiment.parse_arg(arg, seq_len=4096, batch_size=32, steps=100_000, context=1)
   c = experiment.base_config()
   m = c.model
   m.vocab_size = 128256  # Llama 3 tokenizer, as SmolLM3
@@ -46,5 +48,6 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1000
   c.mesh.data = 1
   c.mesh.fsdp = -1  # ZeRO-3 style: parameters and optimizer state over every chip
+  c.mesh.context = a.context  # context parallelism for long sequences
   c.mesh.tensor = 1
   return c

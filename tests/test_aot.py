@@ -54,3 +54,16 @@ def test_unknown_topology_lists_the_known_ones():
   proc = aot("--config=configs/tiny.py", "--topology=v9z:2x2")
   assert proc.returncode != 0
   assert "unknown topology 'v9z:2x2'; known: v4:2x2x1" in proc.stderr
+
+
+def test_long_sequences_compile_with_context_parallelism_and_bias_layers_on_flash():
+  """8k tokens over mesh.context=2: the sequence sharded, ALiBi and T5 layers on the JAX flash
+  path (splash takes no bias), every layer's keys gathered over the context axis."""
+  proc = aot(
+    "--config=configs/long_context.py:seq_len=8192,batch_size=2,context=2,"
+    "positions=nope+alibi+rope@sliding:1024+t5",
+    "--topology=v5e:2x2",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["fits"] and "v5e:2x2: 4 devices" in proc.stdout

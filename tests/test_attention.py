@@ -9,6 +9,7 @@ import pytest
 
 from nopejax.model import api as model_api
 from nopejax.model import attention
+from nopejax.model import spec as config_lib
 from nopejax.model.schemes import alibi, t5
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -191,3 +192,28 @@ def test_choose():
   assert attention.choose("auto", has_bias=False, backend="cpu", length=65, flash_above=64) == (
     "flash"
   )
+
+
+def _train_temp_bytes(impl, length):
+  """XLA's temporaries for loss + gradient of the long-context issue's model (4 layers x 64,
+  SmolLM3's pattern, batch 1) at `length` tokens: compiled, not run."""
+  cfg = config_lib.model_config()
+  cfg.update(positions="smollm3", attention_impl=impl)
+  spec = config_lib.resolve(cfg)
+  params = jax.eval_shape(lambda: model_api.init(spec, jax.random.key(0)))
+  ints = jax.ShapeDtypeStruct((1, length), jnp.int32)
+
+  def loss(params, tokens, segments, positions):
+    logits = model_api.forward(spec, params, tokens, segment_ids=segments, positions=positions)
+    return jnp.mean(jax.nn.logsumexp(logits, -1))
+
+  compiled = jax.jit(jax.grad(loss)).lower(params, ints, ints, ints).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_training_memory_is_linear_in_length_on_the_flash_path():
+  gib = 2**30
+  flash_8k, flash_32k = _train_temp_bytes("auto", 8192), _train_temp_bytes("auto", 32768)
+  assert flash_32k < 2 * gib  # the issue's bound is 4 GiB of peak for the whole process
+  assert flash_32k < 4.5 * flash_8k  # 4x the length, about 4x the memory
+  assert _train_temp_bytes("reference", 32768) > 50 * gib  # the T^2 probabilities

@@ -108,7 +108,9 @@ def _cfg(**mesh):
 
 
 def test_mesh_that_does_not_multiply_to_the_devices():
-  with pytest.raises(ValueError, match=r"mesh: data\*fsdp\*context\*tensor = 2\*2\*1\*1 = 4 but there are 8"):
+  with pytest.raises(
+    ValueError, match=r"mesh: data\*fsdp\*context\*tensor = 2\*2\*1\*1 = 4 but there are 8"
+  ):
     sharding.mesh_shape(mesh_spec.resolve(_cfg(data=2, fsdp=2, tensor=1).mesh), 8)
   assert sharding.mesh_shape(mesh_spec.resolve(_cfg(data=-1, fsdp=2, tensor=2).mesh), 8) == {
     "data": 2,
