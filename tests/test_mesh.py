@@ -64,6 +64,7 @@ CONTEXT_MODEL = (
   "model.num_layers=4",
   "model.attention_impl=flash",
   "model.block_size=4",
+  "model.loss_chunk=12",  # the chunked loss (32-token rows: two chunks and a padded one)
 )
 
 

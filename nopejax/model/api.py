@@ -73,21 +73,32 @@ def _check_concrete(spec, tokens, positions):
       )
 
 
-def forward(model_cfg, params, tokens, *, segment_ids=None, positions=None):
-  """Logits float32 [B, T, V] for int tokens [B, T].
-
-  segment_ids mark packed documents (no attention across them; 0 is padding); positions
-  default to 0, 1, ... restarting per document.
-  """
-  spec = spec_lib.resolve(model_cfg)
+def _inputs(spec, tokens, segment_ids, positions):
   tokens = jnp.asarray(tokens)
   if tokens.ndim != 2:
     raise ValueError(f"tokens: expected shape [batch, length], got {tokens.shape}")
-  if segment_ids is None:
-    segment_ids = jnp.ones(tokens.shape, jnp.int32)
   if positions is None:
-    positions = positions_from_segments(jnp.asarray(segment_ids))
+    ones = jnp.ones(tokens.shape, jnp.int32)
+    positions = positions_from_segments(ones if segment_ids is None else jnp.asarray(segment_ids))
   _check_concrete(spec, tokens, positions)
-  return decoder.Decoder(spec).apply(
-    {"params": params}, tokens, jnp.asarray(positions), jnp.asarray(segment_ids)
-  )
+  segment_ids = None if segment_ids is None else jnp.asarray(segment_ids)
+  return tokens, jnp.asarray(positions), segment_ids
+
+
+def forward(model_cfg, params, tokens, *, segment_ids=None, positions=None):
+  """Logits float32 [B, T, V] for int tokens [B, T].
+
+  segment_ids mark packed documents (no attention across them; 0 is padding; None: one
+  document per row); positions default to 0, 1, ... restarting per document.
+  """
+  spec = spec_lib.resolve(model_cfg)
+  args = _inputs(spec, tokens, segment_ids, positions)
+  return decoder.Decoder(spec).apply({"params": params}, *args)
+
+
+def hidden(model_cfg, params, tokens, *, segment_ids=None, positions=None):
+  """(final hidden states [B, T, D], output head [D, V]) in the compute dtype: `forward`
+  without the logits, for a loss that computes them a chunk at a time (train/loss.py)."""
+  spec = spec_lib.resolve(model_cfg)
+  args = _inputs(spec, tokens, segment_ids, positions)
+  return decoder.Decoder(spec, logits=False).apply({"params": params}, *args)

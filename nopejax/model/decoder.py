@@ -12,15 +12,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.ad_checkpoint import checkpoint_name
 
 from nopejax.model import attention, kv_cache
 from nopejax.model import spec as spec_lib
 from nopejax.model.ops import dense, fan_in, lookup, param
 from nopejax.model.schemes import SCHEMES, absolute
 
+# Activation checkpointing policies (`model.remat`), applied per scanned period or per block
+# (`model.remat_scope`): what the backward pass may keep instead of recomputing.
 REMAT = {
+  # Nothing: the block (or period) is recomputed from its input.
   "full": jax.checkpoint_policies.nothing_saveable,
+  # Matmuls without batch dimensions: the projections and the MLP, not attention's einsums.
   "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  # Every matmul, attention's logits and outputs included.
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  # The query, key and value projections (MaxText's save_qkv_proj).
+  "qkv_proj": jax.checkpoint_policies.save_only_these_names("query", "key", "value"),
+  # The projections and the attention output: the backward recomputes no attention.
+  "qkv_attn_out": jax.checkpoint_policies.save_only_these_names(
+    "query", "key", "value", "attention_out"
+  ),
 }
 
 
@@ -134,9 +147,9 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BTD, keys):
     s, layer = self.spec, self.layer
-    q_BTNH = self._proj("q", x_BTD, s.num_heads, "heads")
-    k_BSKH = self._proj("k", x_BTD, s.num_kv_heads, "kv_heads")
-    v_BSKH = self._proj("v", x_BTD, s.num_kv_heads, "kv_heads")
+    q_BTNH = checkpoint_name(self._proj("q", x_BTD, s.num_heads, "heads"), "query")
+    k_BSKH = checkpoint_name(self._proj("k", x_BTD, s.num_kv_heads, "kv_heads"), "key")
+    v_BSKH = checkpoint_name(self._proj("v", x_BTD, s.num_kv_heads, "kv_heads"), "value")
     if s.qk_norm:
       q_BTNH = RMSNorm(s, "head_dim", name="q_norm")(q_BTNH)
       k_BSKH = RMSNorm(s, "head_dim", name="k_norm")(k_BSKH)
@@ -162,6 +175,7 @@ class Attention(nn.Module):
       )
     else:
       out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
+    out_BTNH = checkpoint_name(out_BTNH, "attention_out")
     w_NHD = param(
       self,
       "o",
@@ -223,8 +237,11 @@ class Period(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, context):
+    block_cls = Block
+    if self.spec.remat != "none" and self.spec.remat_scope == "block":
+      block_cls = nn.remat(Block, policy=REMAT[self.spec.remat], prevent_cse=False)
     for i, layer in enumerate(self.spec.period):
-      block = Block(self.spec, layer, self.cache_len, self.documents, name=f"block_{i}")
+      block = block_cls(self.spec, layer, self.cache_len, self.documents, name=f"block_{i}")
       x_BTD = block(x_BTD, context)
     return x_BTD, None
 
@@ -232,6 +249,7 @@ class Period(nn.Module):
 class Decoder(nn.Module):
   spec: spec_lib.ModelSpec
   cache_len: int = 0  # > 0: decoding with a KV cache (generate.py); 0: the plain forward pass
+  logits: bool = True  # False: return (final hidden states, head) for a chunked loss
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, segment_ids_BT=None, indices_T=None):
@@ -265,7 +283,7 @@ class Decoder(nn.Module):
     x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
     period = Period
-    if s.remat != "none":
+    if s.remat != "none" and s.remat_scope == "period":
       period = nn.remat(Period, policy=REMAT[s.remat], prevent_cse=False)
     if indices_T is None:
       indices_T = jnp.arange(tokens_BT.shape[1], dtype=jnp.int32)
@@ -299,5 +317,7 @@ class Decoder(nn.Module):
       head_DV = param(
         self, "lm_head", fan_in(0), (s.d_model, s.vocab_size), ("embed", "vocab"), s.param_dtype
       )
+    if not self.logits:
+      return x_BTD, head_DV.astype(s.dtype)
     logits_BTV = dense(x_BTD, head_DV.astype(s.dtype))  # BTD,DV->BTV
     return logits_BTV.astype(jnp.float32)

@@ -13,7 +13,8 @@ from nopejax.model.schemes import SCHEMES
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INPUT_POSITIONS = ("none", "learned", "sinusoidal")
 ATTENTION_IMPLS = ("auto", "reference", "xla", "flash", "splash", "cudnn")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "dots_saveable", "qkv_proj", "qkv_attn_out")
+REMAT_SCOPES = ("period", "block")
 
 
 def model_config():
@@ -49,7 +50,9 @@ def model_config():
   c.attention_impl = "auto"  # auto (per layer)|reference|xla|flash|splash (TPU)|cudnn (GPU)
   c.block_size = 512  # query/key block of the flash and splash paths
   c.flash_above = 4096  # on a CPU, auto uses the flash path for sequences longer than this
-  c.remat = "none"  # activation checkpointing per scanned period: none|full|dots
+  c.loss_chunk = 2048  # tokens per chunk of the training loss's logits; 0: all at once
+  c.remat = "none"  # activation checkpointing policy (decoder.REMAT): none|full|dots|...
+  c.remat_scope = "period"  # what one checkpoint wraps: period (the scanned repeat)|block
   c.scan_unroll = 1  # periods per scan iteration; unrolling a short model saves the CPU loop
   return c
 
@@ -87,6 +90,8 @@ class ModelSpec:
   block_size: int
   flash_above: int
   remat: str
+  remat_scope: str = "period"
+  loss_chunk: int = 2048
   scan_unroll: int = 1
   # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
   rope_scaling: str = "none"  # none | linear | ntk | yarn (schemes.rope.ROPE_SCALINGS)
@@ -181,5 +186,7 @@ def resolve(cfg):
     param_dtype=DTYPES[specs.choice(cfg.param_dtype, tuple(DTYPES), "model.param_dtype")],
     attention_impl=attention_impl,
     remat=specs.choice(cfg.remat, REMAT_POLICIES, "model.remat"),
+    remat_scope=specs.choice(cfg.remat_scope, REMAT_SCOPES, "model.remat_scope"),
     scan_unroll=specs.positive(cfg.get("scan_unroll", 1), "model.scan_unroll"),
+    loss_chunk=0 if cfg.loss_chunk == 0 else specs.positive(cfg.loss_chunk, "model.loss_chunk"),
   )

@@ -11,24 +11,21 @@ import jax.numpy as jnp
 import optax
 
 from nopejax.model import api as model_api
+from nopejax.train import loss
 
 
 def loss_sums(spec, params, batch, z_loss=0.0):
-  """Masked sums over one (micro)batch: objective, cross-entropy, token count, correct count."""
-  logits_BTV = model_api.forward(
+  """Masked sums over one (micro)batch: objective, cross-entropy, token count, correct count.
+
+  The logits are computed `model.loss_chunk` tokens at a time (train/loss.py)."""
+  x_BTD, head_DV = model_api.hidden(
     spec, params, batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"]
   )
-  logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-  target_logit_BT = jnp.take_along_axis(logits_BTV, batch["targets"][..., None], -1)[..., 0]
-  ce_BT = logz_BT - target_logit_BT
-  mask_BT = batch["loss_mask"].astype(jnp.float32)
-  correct_BT = (jnp.argmax(logits_BTV, -1) == batch["targets"]).astype(jnp.float32)
-  sums = {
-    "ce": jnp.sum(ce_BT * mask_BT),
-    "tokens": jnp.sum(mask_BT),
-    "correct": jnp.sum(correct_BT * mask_BT),
-  }
-  objective = jnp.sum((ce_BT + z_loss * logz_BT**2) * mask_BT)
+  sums = loss.token_sums(
+    x_BTD, head_DV, batch["targets"], batch["loss_mask"], z_loss=z_loss, chunk=spec.loss_chunk
+  )
+  objective = sums.pop("objective")
+  sums["tokens"] = jnp.sum(batch["loss_mask"].astype(jnp.float32))
   return objective, sums
 
 
