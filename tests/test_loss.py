@@ -92,3 +92,23 @@ def test_chunked_loss_never_holds_the_float32_logits_at_vocab_128k():
   )
   assert dense >= logits_bytes
   assert chunked < logits_bytes / 2  # one chunk's logits and their gradient: 2 x 256 MiB
+
+
+def test_unpacked_rows_need_no_segment_ids():
+  """data.pack=False: one document per row, padding after it. Without segment ids (so cuDNN
+  needs no mask) the masked loss is the same: no real token sees the padding after it."""
+  spec = config_lib.resolve(config_lib.model_config())
+  params = model_api.init(spec, jax.random.key(0))
+  lengths = np.array([30, 17])
+  real = np.arange(32)[None] < lengths[:, None]
+  rng = np.random.default_rng(1)
+  batch = {
+    "inputs": np.where(real, rng.integers(1, 256, (2, 32)), 0),
+    "targets": np.where(real, rng.integers(1, 256, (2, 32)), 0),
+    "segment_ids": real.astype(np.int32),
+    "positions": np.where(real, np.arange(32)[None], 0),
+    "loss_mask": real.astype(np.float32),
+  }
+  packed = step.loss_sums(spec, params, batch, documents=True)
+  unpacked = step.loss_sums(spec, params, batch, documents=False)
+  np.testing.assert_allclose(unpacked[0], packed[0], rtol=1e-6)

@@ -5,6 +5,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -385,3 +386,14 @@ def test_learned_positions_beyond_max_len_fail_eagerly():
     nopejax.forward(cfg, params, _tokens(10))
   with pytest.raises(ValueError, match="from -1 to"):
     nopejax.forward(cfg, params, _tokens(4), positions=jnp.arange(4)[None] - 1)
+
+
+def test_a_config_json_from_0_1_still_resolves():
+  """0.1 wrote model.blockwise_above and attention_impl=blockwise, and had no loss_chunk,
+  remat_scope or flash_above: a workdir from then still evaluates."""
+  old = dict(config_lib.model_config().to_dict(), attention_impl="blockwise", blockwise_above=1000)
+  for key in ("flash_above", "loss_chunk", "remat_scope"):
+    del old[key]
+  spec = config_lib.resolve(ml_collections.ConfigDict(old))
+  assert (spec.attention_impl, spec.flash_above, spec.loss_chunk) == ("flash", 1000, 2048)
+  assert spec.remat_scope == "period"

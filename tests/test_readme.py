@@ -35,6 +35,12 @@ COVERED_ELSEWHERE = {
   "python -m nopejax.bench --config=configs/bench_cpu.py": (
     "tests/test_bench.py::test_compare_torch_reports_both_and_the_ratio"
   ),
+  "python -m nopejax.bench --config=configs/long_context.py": (
+    "tests/test_bench.py::test_long_context_bench_takes_the_flash_path"
+  ),
+  "python -m nopejax.aot --config=configs/smollm3_3b.py:seq_len=65536": (
+    "tests/test_aot.py::test_long_sequences_compile_with_context_parallelism_and_bias_layers_on_flash"
+  ),
 }
 # Configs with a `runlocal` variant: the README's runs of them are shrunk to seconds here.
 RUNLOCAL = ("configs/text.py", "configs/lengthgen.py")

@@ -73,9 +73,7 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
   B, T, N, H = q_BTNH.shape
   K = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  logits_BKGTS = jnp.einsum(
-    "BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
-  )
+  logits_BKGTS = _einsum32("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH)
   if bias_fn is not None:
     bias_BNTS = bias_fn(keys.q_pos_BT, keys.k_pos_BS)
     logits_BKGTS += bias_BNTS.reshape(B, K, N // K, T, -1)
@@ -172,12 +170,16 @@ def _live_span(live_n):
   return jnp.where(any_live, first, 0), jnp.where(any_live, last, 0)
 
 
+def _einsum32(subscripts, x, y):
+  """einsum with x cast to y's dtype (probabilities to bf16 for the matmul, as flash kernels do),
+  accumulated in fp32."""
+  return jnp.einsum(subscripts, x.astype(y.dtype), y, preferred_element_type=jnp.float32)
+
+
 def _block_logits(q_BtKGH, k_BsKH, lay, i, j, bias_fn, consts):
   """fp32 logits of query block i against key block j, bias added and the mask applied."""
   B, t, K, G, _ = q_BtKGH.shape
-  logits_BKGts = jnp.einsum(
-    "BtKGH,BsKH->BKGts", q_BtKGH, k_BsKH, preferred_element_type=jnp.float32
-  )
+  logits_BKGts = _einsum32("BtKGH,BsKH->BKGts", q_BtKGH, k_BsKH)
   q_pos_Bt, k_pos_Bs = lay.q_pos_nBt[i], lay.k_pos_mBs[j]
   if bias_fn is not None:
     logits_BKGts += bias_fn(consts, q_pos_Bt, k_pos_Bs).reshape(B, K, G, t, -1)
@@ -212,12 +214,7 @@ def _flash_forward(static, q_BTNH, k_BSKH, v_BSKH, meta, consts):
         m_new = jnp.maximum(m_BKGt, logits_BKGts.max(-1))
         p_BKGts = jnp.where(allowed_Bts[:, None, None], jnp.exp(logits_BKGts - m_new[..., None]), 0)
         correction = jnp.exp(m_BKGt - m_new)
-        pv_BtKGH = jnp.einsum(
-          "BKGts,BsKH->BtKGH",
-          p_BKGts.astype(v_BSKH.dtype),
-          v_mBsKH[j],
-          preferred_element_type=jnp.float32,
-        )
+        pv_BtKGH = _einsum32("BKGts,BsKH->BtKGH", p_BKGts, v_mBsKH[j])
         return (
           m_new,
           l_BKGt * correction + p_BKGts.sum(-1),
@@ -276,9 +273,13 @@ def _flash_bwd(static, residuals, dout_BTNH):
     k_BsKH, v_BsKH = k_mBsKH[j], v_mBsKH[j]
 
     def one_query_block(i, inner):
-      def attend(inner):
-        dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts = inner
-        q_BtKGH, do_BtKGH = q_nBtKGH[i], do_nBtKGH[i]
+      # dQ stays out of the cond: a conditional that returned the whole [T]-sized dQ would
+      # copy it at every block pair; one block of it is added after the cond instead.
+      dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts = inner
+      q_BtKGH, do_BtKGH = q_nBtKGH[i], do_nBtKGH[i]
+
+      def attend(acc):
+        dk_BsKH, dv_BsKH, dconsts = acc
 
         def logits_of(cs):
           return _block_logits(q_BtKGH, k_BsKH, lay, i, j, bias_fn, cs)
@@ -290,37 +291,25 @@ def _flash_bwd(static, residuals, dout_BTNH):
         p_BKGts = jnp.where(
           allowed_Bts[:, None, None], jnp.exp(logits_BKGts - lse_nBKGt[i][..., None]), 0.0
         )
-        dv_BsKH = dv_BsKH + jnp.einsum(
-          "BKGts,BtKGH->BsKH",
-          p_BKGts.astype(do_BtKGH.dtype),
-          do_BtKGH,
-          preferred_element_type=jnp.float32,
-        )
-        dp_BKGts = jnp.einsum(
-          "BtKGH,BsKH->BKGts", do_BtKGH, v_BsKH, preferred_element_type=jnp.float32
-        )
+        dv_BsKH = dv_BsKH + _einsum32("BKGts,BtKGH->BsKH", p_BKGts, do_BtKGH)
+        dp_BKGts = _einsum32("BtKGH,BsKH->BKGts", do_BtKGH, v_BsKH)
         ds_BKGts = p_BKGts * (dp_BKGts - delta_nBKGt[i][..., None])
-        dk_BsKH = dk_BsKH + jnp.einsum(
-          "BKGts,BtKGH->BsKH",
-          ds_BKGts.astype(q_BtKGH.dtype),
-          q_BtKGH,
-          preferred_element_type=jnp.float32,
-        )
-        dq_BtKGH = jnp.einsum(
-          "BKGts,BsKH->BtKGH",
-          ds_BKGts.astype(k_BsKH.dtype),
-          k_BsKH,
-          preferred_element_type=jnp.float32,
-        )
-        dq_nBtKGH = dq_nBtKGH.at[i].add(dq_BtKGH)
+        dk_BsKH = dk_BsKH + _einsum32("BKGts,BtKGH->BsKH", ds_BKGts, q_BtKGH)
+        dq_BtKGH = _einsum32("BKGts,BsKH->BtKGH", ds_BKGts, k_BsKH)
         if bias_fn is not None:
           (d_cs,) = bias_vjp((ds_BKGts, np.zeros(allowed_Bts.shape, jax.dtypes.float0)))
           dconsts = jax.tree.map(
             lambda d, dc, c: d + dc if learned(c) else d, dconsts, d_cs, consts
           )
-        return dk_BsKH, dv_BsKH, dq_nBtKGH, dconsts
+        return (dk_BsKH, dv_BsKH, dconsts), dq_BtKGH
 
-      return jax.lax.cond(lay.live_nm[i, j], attend, lambda c: c, inner)
+      def skip(acc):
+        return acc, jnp.zeros(q_BtKGH.shape, jnp.float32)
+
+      (dk_BsKH, dv_BsKH, dconsts), dq_BtKGH = jax.lax.cond(
+        lay.live_nm[i, j], attend, skip, (dk_BsKH, dv_BsKH, dconsts)
+      )
+      return dk_BsKH, dv_BsKH, dq_nBtKGH.at[i].add(dq_BtKGH), dconsts
 
     zeros = jnp.zeros((B, bk, K, H), jnp.float32)
     first, last = _live_span(lay.live_nm[:, j])

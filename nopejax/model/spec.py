@@ -111,6 +111,14 @@ class ModelSpec:
       )
 
 
+def _loss_chunk(value):
+  specs.check(
+    isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+    f"model.loss_chunk: expected 0 (all logits at once) or a positive integer, got {value!r}",
+  )
+  return value
+
+
 def resolve(cfg):
   """Validates the `model` group and returns its ModelSpec; errors name the key."""
   if isinstance(cfg, ModelSpec):
@@ -185,8 +193,12 @@ def resolve(cfg):
     dtype=DTYPES[specs.choice(cfg.dtype, tuple(DTYPES), "model.dtype")],
     param_dtype=DTYPES[specs.choice(cfg.param_dtype, tuple(DTYPES), "model.param_dtype")],
     attention_impl=attention_impl,
+    # A config.json written by 0.1 names it blockwise_above.
+    flash_above=specs.positive(
+      cfg.get("flash_above", cfg.get("blockwise_above", 4096)), "model.flash_above"
+    ),
     remat=specs.choice(cfg.remat, REMAT_POLICIES, "model.remat"),
-    remat_scope=specs.choice(cfg.remat_scope, REMAT_SCOPES, "model.remat_scope"),
+    remat_scope=specs.choice(cfg.get("remat_scope", "period"), REMAT_SCOPES, "model.remat_scope"),
     scan_unroll=specs.positive(cfg.get("scan_unroll", 1), "model.scan_unroll"),
-    loss_chunk=0 if cfg.loss_chunk == 0 else specs.positive(cfg.loss_chunk, "model.loss_chunk"),
+    loss_chunk=_loss_chunk(cfg.get("loss_chunk", 2048)),
   )

@@ -110,13 +110,14 @@ def build(exp, devices=None):
       lr_fn=lr_fn,
       z_loss=exp.opt.z_loss,
       microbatches=exp.opt.microbatches,
+      documents=exp.data.pack,
     ),
     in_shardings=(shardings, batch_sharding),
     out_shardings=(shardings, None),
     donate_argnums=0,
   )
   eval_step = jax.jit(
-    functools.partial(step.eval_step, spec=exp.model),
+    functools.partial(step.eval_step, spec=exp.model, documents=exp.data.pack),
     in_shardings=(shardings["params"], batch_sharding),
   )
   return Run(

@@ -14,12 +14,18 @@ from nopejax.model import api as model_api
 from nopejax.train import loss
 
 
-def loss_sums(spec, params, batch, z_loss=0.0):
+def loss_sums(spec, params, batch, z_loss=0.0, documents=True):
   """Masked sums over one (micro)batch: objective, cross-entropy, token count, correct count.
 
-  The logits are computed `model.loss_chunk` tokens at a time (train/loss.py)."""
+  The logits are computed `model.loss_chunk` tokens at a time (train/loss.py). documents=False
+  (`data.pack=False`: one document per row, padding after it) drops the segment ids, so the
+  attention kernels that would need them as a dense mask (cuDNN) run without one."""
   x_BTD, head_DV = model_api.hidden(
-    spec, params, batch["inputs"], segment_ids=batch["segment_ids"], positions=batch["positions"]
+    spec,
+    params,
+    batch["inputs"],
+    segment_ids=batch["segment_ids"] if documents else None,
+    positions=batch["positions"],
   )
   sums = loss.token_sums(
     x_BTD, head_DV, batch["targets"], batch["loss_mask"], z_loss=z_loss, chunk=spec.loss_chunk
@@ -33,7 +39,7 @@ def _split_microbatches(batch, k):
   return jax.tree.map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
 
-def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches):
+def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches, documents=True):
   """One optimizer step; a non-finite loss or gradient norm leaves params and optimizer as they
   were.
 
@@ -41,7 +47,9 @@ def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches):
   number of loss tokens once, so k microbatches equal one batch k times as large.
   """
   params = state["params"]
-  grad_fn = jax.grad(functools.partial(loss_sums, spec, z_loss=z_loss), has_aux=True)
+  grad_fn = jax.grad(
+    functools.partial(loss_sums, spec, z_loss=z_loss, documents=documents), has_aux=True
+  )
 
   def accumulate(carry, microbatch):
     grads, sums = grad_fn(params, microbatch)
@@ -79,8 +87,8 @@ def train_step(state, batch, *, spec, tx, lr_fn, z_loss, microbatches):
   return new_state, metrics
 
 
-def eval_step(params, batch, *, spec):
-  _, sums = loss_sums(spec, params, batch)
+def eval_step(params, batch, *, spec, documents=True):
+  _, sums = loss_sums(spec, params, batch, documents=documents)
   return sums
 
 
