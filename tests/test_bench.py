@@ -259,10 +259,11 @@ def test_bench_gpu_dry_run_prints_the_bench_command():
 
 
 def test_gpu_and_cpu_bench_configs_resolve():
-  spec = _model_spec(bench_gpu_1b.get_config())
+  exp = experiment.resolve(bench_gpu_1b.get_config())
+  spec = exp.model
   assert 0.9e9 < bench.matmul_params(spec) - spec.d_model * spec.vocab_size < 1.1e9
-  paths = [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 4096, "gpu")]
-  assert paths == ["cudnn"] * 16
+  paths = [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 4096, "gpu", exp.data.pack)]
+  assert paths == ["cudnn"] * 16  # unpacked synthetic rows: no mask needed
   cpu = _model_spec(bench_cpu.get_config())
   assert (
     cpu.num_layers,
