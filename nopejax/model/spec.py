@@ -35,6 +35,8 @@ def model_config():
   c.rope_fraction = 1.0  # share of head dims rotated (Kazemnejad's rotary baseline: 0.25)
   c.t5_num_buckets = 32  # T5 relative-bias buckets (causal: all on the past side)
   c.t5_max_distance = 128  # distance at which T5 buckets stop growing
+  c.fire_threshold = 512  # FIRE: initial threshold L of its progressive normalization
+  c.fire_mlp_width = 32  # FIRE: hidden width of the MLP f
   c.query_temperature = config_dict.placeholder(
     bool
   )  # Llama 4 NoPE query temperature; None: preset decides
@@ -97,6 +99,8 @@ class ModelSpec:
   rope_scaling: str = "none"  # none | linear | ntk | yarn (schemes.rope.ROPE_SCALINGS)
   rope_scaling_factor: float = 1.0
   rope_original_len: int = 0  # YaRN: the training context length
+  fire_threshold: int = 512
+  fire_mlp_width: int = 32
 
   @property
   def repeats(self):

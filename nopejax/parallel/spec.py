@@ -28,6 +28,7 @@ def mesh_config():
     ("layers", None),
     ("norm", None),
     ("buckets", None),
+    ("fire_mlp", None),
   )
   return c
 

@@ -5,9 +5,20 @@ docstring) and one entry below. Nothing else changes: layer patterns validate ag
 table, and attention calls the scheme's hooks.
 """
 
-from nopejax.model.schemes import alibi, nope, rope, t5
+from nopejax.model.schemes import alibi, fire, kerple, nope, rope, t5
 from nopejax.model.schemes.base import Scheme
 
-SCHEMES = {s.name: s for s in (nope.NOPE, rope.ROPE, alibi.ALIBI, t5.T5_BIAS)}
+SCHEMES = {
+  s.name: s
+  for s in (
+    nope.NOPE,
+    rope.ROPE,
+    alibi.ALIBI,
+    t5.T5_BIAS,
+    fire.FIRE,
+    kerple.KERPLE_LOG,
+    kerple.KERPLE_POWER,
+  )
+}
 
 __all__ = ["SCHEMES", "Scheme"]
