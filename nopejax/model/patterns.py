@@ -12,6 +12,8 @@ import math
 from nopejax.model.schemes import SCHEMES
 
 WINDOW_KINDS = ("full", "sliding", "chunked")
+# Per-layer query scalings (`model.query_scaling`, tiled like windows); schemes/scaling.py.
+QUERY_SCALINGS = ("none", "llama4", "ssmax", "headscale")
 
 # Presets are periods; `{w}` is the window size given as `PRESET:W` (defaults below).
 PRESETS = {
@@ -33,10 +35,12 @@ class LayerType:
   scheme: str  # a key of schemes.SCHEMES
   window: str = "full"  # one of WINDOW_KINDS
   window_size: int = 0  # tokens; 0 for full
+  query_scaling: str = "none"  # one of QUERY_SCALINGS
 
   def __str__(self):
     window = "" if self.window == "full" else f"@{self.window}:{self.window_size}"
-    return self.scheme + window
+    scaling = "" if self.query_scaling == "none" else f"[{self.query_scaling}]"
+    return self.scheme + window + scaling
 
 
 def _split(text, key):
@@ -81,21 +85,34 @@ def _tile(tokens, num_layers, key):
   return tokens * (num_layers // len(tokens))
 
 
-def layer_types(positions, windows, num_layers):
-  """Resolves the per-layer (scheme, window) list from the config strings."""
+def layer_types(positions, windows, num_layers, query_scaling="none", temperature=False):
+  """Resolves the per-layer (scheme, window, query scaling) list from the config strings.
+
+  `temperature` (model.query_temperature, or a preset's default): NoPE layers whose
+  query_scaling is none take Llama 4's temperature.
+  """
   pos_tokens = _tile(
     _split(expand_preset(positions), "model.positions"), num_layers, "model.positions"
   )
   win_tokens = _tile(_split(windows, "model.windows"), num_layers, "model.windows")
+  scale_tokens = _tile(
+    _split(query_scaling, "model.query_scaling"), num_layers, "model.query_scaling"
+  )
   types = []
-  for pos, win in zip(pos_tokens, win_tokens):
+  for pos, win, scaling in zip(pos_tokens, win_tokens, scale_tokens):
+    if scaling not in QUERY_SCALINGS:
+      raise ValueError(
+        f"model.query_scaling: unknown {scaling!r}; known: {', '.join(QUERY_SCALINGS)}"
+      )
     scheme, at, own_window = pos.partition("@")
     if scheme not in SCHEMES:
       raise ValueError(f"model.positions: unknown scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     kind, size = parse_window(
       own_window if at else win, "model.positions" if at else "model.windows"
     )
-    types.append(LayerType(scheme, kind, size))
+    if temperature and scheme == "nope" and scaling == "none":
+      scaling = "llama4"
+    types.append(LayerType(scheme, kind, size, scaling))
   return tuple(types)
 
 

@@ -35,8 +35,14 @@ def model_config():
   c.rope_fraction = 1.0  # share of head dims rotated (Kazemnejad's rotary baseline: 0.25)
   c.t5_num_buckets = 32  # T5 relative-bias buckets (causal: all on the past side)
   c.t5_max_distance = 128  # distance at which T5 buckets stop growing
+  c.t5_shared = False  # True: one T5 bias table for all t5 layers (T5's own layout)
   c.fire_threshold = 512  # FIRE: initial threshold L of its progressive normalization
   c.fire_mlp_width = 32  # FIRE: hidden width of the MLP f
+  c.xpos_scale_base = 512.0  # xPos: gamma of the decay zeta^((m - n) / gamma)
+  c.cope_npos_max = 64  # CoPE: position embeddings; contextual positions are capped below it
+  c.prope_fraction = 0.75  # p-RoPE: share p of the highest frequencies that rotate (p=0: NoPE)
+  c.query_scaling = "none"  # per-layer query scaling, tiled: none|llama4|ssmax|headscale
+  c.ssmax_init = 0.43  # SSMax: initial s of the query scale s * log(n)
   c.query_temperature = config_dict.placeholder(
     bool
   )  # Llama 4 NoPE query temperature; None: preset decides
@@ -101,6 +107,11 @@ class ModelSpec:
   rope_original_len: int = 0  # YaRN: the training context length
   fire_threshold: int = 512
   fire_mlp_width: int = 32
+  t5_shared: bool = False
+  xpos_scale_base: float = 512.0
+  cope_npos_max: int = 64
+  prope_fraction: float = 0.75
+  ssmax_init: float = 0.43
 
   @property
   def repeats(self):
@@ -153,7 +164,15 @@ def resolve(cfg):
     )
     head_dim = cfg.d_model // cfg.num_heads
   specs.positive(head_dim, "model.head_dim")
-  types = patterns.layer_types(cfg.positions, cfg.windows, cfg.num_layers)
+  query_temperature = patterns.uses_temperature(cfg.positions, cfg.query_temperature)
+  types = patterns.layer_types(
+    cfg.positions,
+    cfg.windows,
+    cfg.num_layers,
+    cfg.get("query_scaling", "none"),
+    temperature=query_temperature,
+  )
+  schemes = {t.scheme for t in types}
   rope_dim = 0
   if any(SCHEMES[t.scheme].rotary for t in types):
     rope_dim = patterns.rotary_dim(head_dim, cfg.rope_fraction)
@@ -177,6 +196,7 @@ def resolve(cfg):
     f"model.attention_impl=xla adds the ALiBi/T5 bias in model.dtype={cfg.dtype}, which rounds "
     "a bias of 64 to steps of 0.5; use flash or reference for bias layers below float32",
   )
+  _check_schemes(cfg, schemes, attention_impl)
   return specs.from_group(
     ModelSpec,
     cfg,
@@ -186,7 +206,7 @@ def resolve(cfg):
     input_positions=specs.choice(cfg.input_positions, INPUT_POSITIONS, "model.input_positions"),
     rope_theta=float(cfg.rope_theta),
     rope_dim=rope_dim,
-    query_temperature=patterns.uses_temperature(cfg.positions, cfg.query_temperature),
+    query_temperature=query_temperature,
     temperature_floor_scale=float(cfg.temperature_floor_scale),
     temperature_attn_scale=float(cfg.temperature_attn_scale),
     tie_embeddings=bool(cfg.tie_embeddings),
@@ -205,4 +225,47 @@ def resolve(cfg):
     remat_scope=specs.choice(cfg.get("remat_scope", "period"), REMAT_SCOPES, "model.remat_scope"),
     scan_unroll=specs.positive(cfg.get("scan_unroll", 1), "model.scan_unroll"),
     loss_chunk=_loss_chunk(cfg.get("loss_chunk", 2048)),
+    t5_shared=bool(cfg.get("t5_shared", False)),
+    xpos_scale_base=float(cfg.get("xpos_scale_base", 512.0)),
+    prope_fraction=float(cfg.get("prope_fraction", 0.75)),
+    ssmax_init=float(cfg.get("ssmax_init", 0.43)),
+    **_rope_scaling(cfg),
   )
+
+
+def _check_schemes(cfg, schemes, attention_impl):
+  """The parameters of the schemes the layers use; unused ones are not checked."""
+  get = cfg.get
+  if "fire" in schemes:
+    specs.positive(get("fire_threshold", 512), "model.fire_threshold", float)
+    specs.positive(get("fire_mlp_width", 32), "model.fire_mlp_width")
+  if "xpos" in schemes:
+    specs.positive(get("xpos_scale_base", 512.0), "model.xpos_scale_base", float)
+  if "cope" in schemes:
+    specs.check(
+      isinstance(get("cope_npos_max", 64), int) and get("cope_npos_max", 64) >= 2,
+      f"model.cope_npos_max: expected an integer >= 2, got {get('cope_npos_max')!r}",
+    )
+    # CoPE's positions are a cumulative sum over each query's whole row of keys.
+    specs.check(
+      attention_impl in ("auto", "reference"),
+      f"model.attention_impl={attention_impl}: cope layers run on the reference path only "
+      "(their positions need each query's full row of gates); use auto or reference",
+    )
+  if "prope" in schemes:
+    p = get("prope_fraction", 0.75)
+    specs.check(
+      isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0,
+      f"model.prope_fraction: expected a share in [0, 1] of the frequencies that rotate, got {p!r}",
+    )
+  ssmax = get("ssmax_init", 0.43)
+  specs.check(
+    isinstance(ssmax, (int, float)) and not isinstance(ssmax, bool) and ssmax > 0,
+    f"model.ssmax_init: expected a positive number, got {ssmax!r}",
+  )
+
+
+def _rope_scaling(cfg):
+  """RoPE context extension fields of ModelSpec (schemes/rope.py)."""
+  del cfg
+  return {}

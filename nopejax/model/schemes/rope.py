@@ -43,17 +43,27 @@ def rope_frequencies(rotary_dim, theta, scaling="none", factor=1.0, original_len
   return inv_freq_R.astype(np.float32), attn_factor
 
 
-def rope(x_BTNH, positions_BT, *, theta, rotary_dim, scaling="none", factor=1.0, original_len=0):
-  """Rotates the first `rotary_dim` dims of each head (rotate-half layout, as in Llama/HF)."""
+def rotate(x_BTNH, angle_BTR, rotary_dim, scale_BT1R=1.0):
+  """Rotates the first `rotary_dim` dims of each head by `angle_BTR` (rotate-half layout, as in
+  Llama/HF), the rotated pairs multiplied by `scale_BT1R` (YaRN's factor, xPos's decay)."""
   half = rotary_dim // 2
-  inv_freq_R, attn_factor = rope_frequencies(rotary_dim, theta, scaling, factor, original_len)
-  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq_R[None, None]
-  cos_BT1R = jnp.cos(angle_BTR)[:, :, None, :] * attn_factor
-  sin_BT1R = jnp.sin(angle_BTR)[:, :, None, :] * attn_factor
+  cos_BT1R = jnp.cos(angle_BTR)[:, :, None, :] * scale_BT1R
+  sin_BT1R = jnp.sin(angle_BTR)[:, :, None, :] * scale_BT1R
   x1 = x_BTNH[..., :half].astype(jnp.float32)
   x2 = x_BTNH[..., half:rotary_dim].astype(jnp.float32)
   rotated = jnp.concatenate([x1 * cos_BT1R - x2 * sin_BT1R, x2 * cos_BT1R + x1 * sin_BT1R], axis=-1)
   return jnp.concatenate([rotated.astype(x_BTNH.dtype), x_BTNH[..., rotary_dim:]], axis=-1)
+
+
+def angles(positions_BT, inv_freq_R):
+  """Rotation angles [B, T, R] in float32."""
+  return positions_BT.astype(jnp.float32)[..., None] * inv_freq_R[None, None]
+
+
+def rope(x_BTNH, positions_BT, *, theta, rotary_dim, scaling="none", factor=1.0, original_len=0):
+  """Rotates the first `rotary_dim` dims of each head by RoPE's angles at `positions_BT`."""
+  inv_freq_R, attn_factor = rope_frequencies(rotary_dim, theta, scaling, factor, original_len)
+  return rotate(x_BTNH, angles(positions_BT, inv_freq_R), rotary_dim, attn_factor)
 
 
 class RoPE(base.Scheme):
