@@ -11,6 +11,7 @@ import ast
 import dataclasses
 
 import ml_collections
+from absl import logging
 
 from nopejax import specs
 from nopejax.data import spec as data_spec
@@ -78,6 +79,21 @@ class Experiment:
   config_json: str = "{}"
 
 
+def _check_random_positions(model, data):
+  """Training positions drawn from [0, data.random_positions_max) must fit the model's learned
+  table (and xPos's key scale); a model that reads no positions trains as without them."""
+  top = data.random_positions_max
+  if not top:
+    return
+  model.check_length(top, f"data.random_positions_max={top}")
+  reads = model.input_positions != "none" or any(
+    t.scheme != "nope" or t.window != "full" or t.query_scaling in ("llama4", "ssmax")
+    for t in model.layers
+  )
+  if not reads:
+    logging.info("data.random_positions_max=%d: a no-op, the model reads no positions", top)
+
+
 def resolve(cfg):
   """Checks every group before anything is built or compiled; returns the Experiment."""
   if isinstance(cfg, Experiment):
@@ -91,6 +107,7 @@ def resolve(cfg):
     f"data.batch_size={data.batch_size} is not divisible by opt.microbatches={opt.microbatches}",
   )
   model.check_length(data.seq_len, f"data.seq_len={data.seq_len}")
+  _check_random_positions(model, data)
   return Experiment(
     model=model,
     data=data,

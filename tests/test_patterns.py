@@ -70,9 +70,11 @@ def test_presets_resolve_through_the_config():
   cfg = config_lib.model_config()
   cfg.num_layers, cfg.positions = 4, "llama4:16"
   spec = config_lib.resolve(cfg)
-  assert spec.query_temperature and spec.period[3] == LayerType("nope")
+  assert spec.query_temperature and spec.period[3] == LayerType("nope", query_scaling="llama4")
+  assert spec.period[0] == LayerType("rope", "chunked", 16)
   cfg.query_temperature = False
-  assert not config_lib.resolve(cfg).query_temperature
+  spec = config_lib.resolve(cfg)
+  assert not spec.query_temperature and spec.period[3] == LayerType("nope")
 
 
 @pytest.mark.parametrize("head_dim,fraction,want", [(16, 1.0, 16), (16, 0.25, 4), (64, 0.5, 32)])

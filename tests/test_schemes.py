@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nopejax.model.schemes import absolute, alibi, nope, rope, t5
+from nopejax.model.schemes import absolute, alibi, rope, scaling, t5
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -133,5 +133,5 @@ def test_sinusoidal_frequencies():
   ],
 )
 def test_llama4_query_temperature(pos, want):
-  got = nope.query_temperature(jnp.asarray([[pos]]), floor_scale=8192.0, attn_scale=0.1)
+  got = scaling.query_temperature(jnp.asarray([[pos]]), floor_scale=8192.0, attn_scale=0.1)
   assert float(got[0, 0]) == pytest.approx(want, rel=1e-6)

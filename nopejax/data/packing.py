@@ -4,8 +4,10 @@ on every row of every batch.
 
 A document (nopejax.data.documents) fills `length - 1` positions of a row (inputs = doc[:-1],
 targets = doc[1:]), numbered from 0, with its own segment id (1, 2, ... within the row); its
-loss mask is 1 from position `prompt_len` on. Everything here is vectorized: one `searchsorted`
-per row to lay out an epoch, a few gathers per batch, no work per document in Python.
+loss mask is 1 from position `prompt_len` on. (Training rows renumber the positions when
+`data.random_positions_max` is set: nopejax.data.positions.) Everything here is vectorized: one
+`searchsorted` per row to lay out an epoch, a few gathers per batch, no work per document in
+Python.
 """
 
 import dataclasses

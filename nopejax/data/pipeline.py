@@ -7,6 +7,11 @@ one). A row holds one document (`pack=False`) or several packed end to end, each
 `inputs[t]` in the same document, and `loss_mask` is 1 where `targets[t]` is trained on: the
 answer (with its eos) for tasks and passkey, every token for text.
 
+With `data.random_positions_max` = L > 0, training rows (TrainIterator) number each document
+with a sorted random subset of [0, L) instead (Ruoss et al. 2023; nopejax.data.positions),
+drawn per document from (data.seed, epoch, global row), so it resumes exactly like the rows.
+Evaluation (EvalBatches, and nopejax.eval, which reads whole examples) keeps 0, 1, ....
+
 The order of the training rows is a function of `data.seed` and the epoch alone
 (nopejax.data.packing): global batch k of an epoch is its rows [k B, (k + 1) B), and process p
 of n takes rows [k B + p B / n, k B + (p + 1) B / n). The iterator state is that global
@@ -26,7 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from nopejax.data import documents, packing, tokenizers
+from nopejax.data import documents, packing, positions, tokenizers
 from nopejax.data.sources import SOURCES, builder
 
 Batch = dict[str, np.ndarray]
@@ -126,7 +131,12 @@ class TrainIterator:
     first = self.batch * self.cfg.batch_size + self.offset
     ids, per_row = self._epoch().row_documents(first, first + self.rows)
     self.batch += 1
-    return packing.rows(self.docs, ids, per_row, seq_len=self.cfg.seq_len, pad_id=self.pad_id)
+    batch = packing.rows(self.docs, ids, per_row, seq_len=self.cfg.seq_len, pad_id=self.pad_id)
+    if self.cfg.random_positions_max:  # a function of the rows' global place: resumes exactly
+      batch["positions"] = positions.randomize(
+        batch, self.cfg.random_positions_max, seed=self.cfg.seed, epoch=self.epoch, first_row=first
+      )
+    return batch
 
   def get_state(self) -> dict:
     return {"epoch": self.epoch, "batch": self.batch}

@@ -41,6 +41,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.passkey_train_lengths = ()  # lengths of the train/validation splits; () = passkey_lengths
   c.passkey_depths = (0.0, 0.25, 0.5, 0.75, 1.0)  # needle position as a fraction of the filler
   c.num_passkey = 20  # examples per (length, depth)
+  # Randomized positions (Ruoss et al. 2023): each training document's positions become a sorted
+  # random subset of [0, this), drawn per document from the seed and the row (resumes exactly);
+  # the paper sets it to the longest evaluation length. Evaluation keeps 0, 1, .... It reaches
+  # every scheme that reads positions (window sizes count in them too); a NoPE-only model
+  # ignores it. With model.input_positions=learned, model.max_len must cover it.
+  c.random_positions_max = 0  # 0: off (positions 0, 1, ...); else an integer >= seq_len
   return c
 
 
@@ -72,6 +78,7 @@ class DataSpec:
   passkey_train_lengths: tuple = ()
   passkey_depths: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
   num_passkey: int = 20
+  random_positions_max: int = 0
 
   @property
   def task_names(self) -> list[str]:
@@ -110,6 +117,12 @@ def resolve(group, model_vocab_size: int) -> DataSpec:
   )
   for key in ("batch_size", "seq_len", "num_train", "num_test", "num_passkey"):
     specs.positive(getattr(d, key), f"data.{key}")
+  top = d.random_positions_max
+  specs.check(
+    isinstance(top, int) and not isinstance(top, bool) and (top == 0 or d.seq_len <= top < 2**31),
+    "data.random_positions_max: expected 0 (off) or an integer in [data.seq_len="
+    f"{d.seq_len}, 2**31) (positions of a row's documents are drawn from [0, it)), got {top!r}",
+  )
   specs.check(d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
   specs.check(
     0 <= d.val_fraction < 1, f"data.val_fraction: must be in [0, 1), got {d.val_fraction}"

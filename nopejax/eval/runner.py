@@ -17,7 +17,10 @@ CACHE_KEY = "evaluated.json"
 
 
 def model_spec(exp):
-  """The run's ModelSpec with evaluation-only settings: eval.rope_scaling and its factor."""
+  """The run's ModelSpec with evaluation-only settings: eval.rope_scaling and its factor in place
+  of the model's own scaling (eval.rope_scaling=none keeps it). The extension is measured from
+  model.rope_original_len when the model sets one, else from the training length data.seq_len;
+  the type's other options (llama3's, YaRN's) are the model keys'."""
   e = exp.eval
   if e.rope_scaling == "none":
     return exp.model
@@ -25,7 +28,7 @@ def model_spec(exp):
     exp.model,
     rope_scaling=e.rope_scaling,
     rope_scaling_factor=float(e.rope_scaling_factor),
-    rope_original_len=exp.data.seq_len,
+    rope_original_len=exp.model.rope_original_len or exp.data.seq_len,
   )
 
 

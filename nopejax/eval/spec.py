@@ -20,7 +20,9 @@ def eval_config():
   c.lm_lengths = config_dict.placeholder(
     str
   )  # comma list of context lengths; None: 0.5x..8x seq_len
-  c.rope_scaling = "none"  # none | linear | ntk | yarn, applied at evaluation only
+  # Overrides model.rope_scaling at evaluation (none: the model's own); the type's other options
+  # come from the model keys, the original length from model.rope_original_len or data.seq_len.
+  c.rope_scaling = "none"  # none|linear|ntk|dynamic|yarn|llama3 (schemes/rope.py)
   c.rope_scaling_factor = 1.0  # context extension factor for rope_scaling
   return c
 

@@ -98,24 +98,121 @@ def _architecture(hf, where):
   return arch
 
 
-def _rope_theta(hf, arch, where):
-  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-  if any(key in ("full_attention", "sliding_attention") for key in params):
+# transformers rope_type -> model.rope_scaling ("default" is unscaled RoPE; "type" is 4.x's key).
+_ROPE_TYPES = {
+  "default": "none",
+  "linear": "linear",
+  "dynamic": "dynamic",
+  "yarn": "yarn",
+  "llama3": "llama3",
+}
+# Keys transformers' _check_received_keys requires (a missing one is a KeyError there).
+_ROPE_REQUIRED = {
+  "linear": ("factor",),
+  "dynamic": ("factor",),
+  "yarn": ("factor",),
+  "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+}
+_LAYER_KINDS = ("full_attention", "sliding_attention")
+
+
+def _rope_type(params):
+  return params.get("rope_type", params.get("type", "default"))
+
+
+def _rope_params(hf, arch, tokens, where):
+  """The rope dict of the full-attention RoPE layers, or a ValueError where nopejax's rule
+  (scaling on full-attention RoPE layers only) and transformers' would differ."""
+  outer = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers' precedence
+  sliding_rope = any(t.startswith("rope@sliding") for t in tokens)
+  full_rope = any(t.startswith("rope") and "@sliding" not in t for t in tokens)
+  if not any(key in _LAYER_KINDS for key in outer):
+    if sliding_rope and _rope_type(outer) != "default":
+      raise ValueError(
+        f"{where}: rope_parameters.rope_type={_rope_type(outer)!r} would scale the "
+        "sliding_attention RoPE layers too; nopejax leaves sliding-window RoPE layers unscaled"
+      )
+    return outer
+  if arch == "llama" or set(outer) - set(_LAYER_KINDS):
     raise ValueError(
-      f"{where}: rope_parameters per layer type are not supported; nopejax has one model.rope_theta"
+      f"{where}: rope_parameters per layer type are not supported for {arch}; it reads one "
+      f"rope dict ({', '.join(_LAYER_KINDS)} only, and not for Llama)"
     )
-  rope_type = params.get("rope_type", params.get("type", "default"))
-  if rope_type != "default":
+  full, sliding = outer.get("full_attention"), outer.get("sliding_attention")
+  for kind, needed, params in (("full", full_rope, full), ("sliding", sliding_rope, sliding)):
+    if needed and not isinstance(params, dict):
+      raise ValueError(f"{where}: rope_parameters.{kind}_attention: missing for its RoPE layers")
+  if sliding_rope and _rope_type(sliding) != "default":
     raise ValueError(
-      f"{where}: rope_parameters.rope_type={rope_type!r} is not supported; only "
-      "'default' RoPE maps exactly onto model.rope_theta"
+      f"{where}: rope_parameters.sliding_attention.rope_type={_rope_type(sliding)!r}; nopejax "
+      "leaves sliding-window RoPE layers unscaled (default only)"
     )
+  theta = hf.get("rope_theta", _DEFAULTS[arch]["rope_theta"])
+  thetas = {float(p.get("rope_theta", theta)) for p in (full, sliding) if isinstance(p, dict)}
+  if len(thetas) > 1:
+    raise ValueError(
+      f"{where}: rope_parameters per layer type with rope_theta {sorted(thetas)}; nopejax has "
+      "one model.rope_theta"
+    )
+  return full if isinstance(full, dict) else sliding or {}
+
+
+def _rope_keys(hf, arch, tokens, where):
+  """model.rope_theta and the model.rope_scaling keys, as transformers 5.x computes the rope
+  parameters (modeling_rope_utils.py: standardize_rope_params and ROPE_INIT_FUNCTIONS)."""
+  params = _rope_params(hf, arch, tokens, where)
+  rope_type = _rope_type(params)
+  if rope_type not in _ROPE_TYPES:
+    raise ValueError(
+      f"{where}: rope_parameters.rope_type={rope_type!r} is not supported; supported: "
+      f"{', '.join(_ROPE_TYPES)}"
+    )
+  missing = [key for key in _ROPE_REQUIRED.get(rope_type, ()) if key not in params]
+  if missing:
+    raise ValueError(f"{where}: rope_parameters.rope_type={rope_type!r} needs {', '.join(missing)}")
   factor = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
   if factor not in (None, 1, 1.0):
     raise ValueError(
       f"{where}: partial_rotary_factor={factor} is not supported; {arch} rotates whole heads"
     )
-  return float(params.get("rope_theta", hf.get("rope_theta", _DEFAULTS[arch]["rope_theta"])))
+  theta = params.get("rope_theta", hf.get("rope_theta", _DEFAULTS[arch]["rope_theta"]))
+  keys = dict(rope_theta=float(theta), rope_scaling=_ROPE_TYPES[rope_type])
+  if rope_type == "default":
+    return keys
+  max_len = int(hf.get("max_position_embeddings", _DEFAULTS[arch]["max_position_embeddings"]))
+  factor = params["factor"]
+  if rope_type == "dynamic":  # transformers measures it from max_position_embeddings
+    keys.update(rope_original_len=max_len)
+  if rope_type in ("yarn", "llama3"):
+    # A top-level original_max_position_embeddings comes first (transformers' Phi3 exception).
+    original = int(
+      hf.get("original_max_position_embeddings")
+      or params.get("original_max_position_embeddings")
+      or max_len
+    )
+    keys.update(rope_original_len=original)
+    if factor is None:  # transformers' DeepSeek-V3 rule, yarn only
+      factor = max_len / original
+  if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+    raise ValueError(f"{where}: rope_parameters.factor={factor!r}: expected a number")
+  keys.update(rope_scaling_factor=float(factor))
+  if rope_type == "llama3":
+    keys.update(
+      rope_low_freq_factor=float(params["low_freq_factor"]),
+      rope_high_freq_factor=float(params["high_freq_factor"]),
+    )
+  if rope_type == "yarn":
+    # transformers reads truncate from the outer rope dict, also when it is per layer type.
+    outer = hf.get("rope_scaling") or hf.get("rope_parameters")
+    keys.update(
+      yarn_beta_fast=float(params.get("beta_fast") or 32),
+      yarn_beta_slow=float(params.get("beta_slow") or 1),
+      yarn_mscale=float(params.get("mscale") or 0),
+      yarn_mscale_all_dim=float(params.get("mscale_all_dim") or 0),
+      yarn_attention_factor=params.get("attention_factor"),
+      yarn_truncate=bool(outer.get("truncate", True)),
+    )
+  return keys
 
 
 def _layer_tokens(hf, arch, num_layers, where):
@@ -197,11 +294,13 @@ def model_config_from_hf(hf, *, dtype="float32", where="config.json"):
   c.num_kv_heads = get("num_key_value_heads") or num_heads
   c.head_dim = get("head_dim") or hf["hidden_size"] // num_heads
   c.d_ff = hf["intermediate_size"]
-  c.positions = ",".join(patterns.period(_layer_tokens(hf, arch, num_layers, where)))
+  tokens = _layer_tokens(hf, arch, num_layers, where)
+  c.positions = ",".join(patterns.period(tokens))
   c.windows = "full"
   c.input_positions = "none"
   c.max_len = int(get("max_position_embeddings"))
-  c.rope_theta = _rope_theta(hf, arch, where)
+  for key, value in _rope_keys(hf, arch, tokens, where).items():
+    c[key] = value
   c.rope_fraction = 1.0
   c.query_temperature = False
   c.tie_embeddings = bool(get("tie_word_embeddings"))
@@ -249,6 +348,23 @@ def check_expressible(spec):
       "model.query_temperature: Llama 4's NoPE query temperature cannot be "
       "exported to Llama, SmolLM3 or Qwen3"
     )
+  for i, t in enumerate(spec.layers):
+    if t.query_scaling != "none":
+      raise ValueError(
+        f"model.query_scaling: layer {i} scales its queries ({t.query_scaling}); transformers' "
+        "Llama, SmolLM3 and Qwen3 do not"
+      )
+  if spec.rope_scaling == "ntk":
+    raise ValueError(
+      "model.rope_scaling=ntk: transformers has no static NTK-aware RoPE (its NTK is dynamic)"
+    )
+  if spec.rope_scaling != "none" and any(
+    t.scheme == "rope" and t.window == "sliding" for t in spec.layers
+  ):
+    raise ValueError(
+      f"model.rope_scaling={spec.rope_scaling}: transformers' one rope_parameters would scale "
+      "the sliding-window RoPE layers too, which nopejax leaves unscaled"
+    )
   if spec.rope_dim not in (0, spec.head_dim):
     raise ValueError(
       f"model.rope_fraction: {spec.rope_dim} of {spec.head_dim} head dims rotated; "
@@ -275,11 +391,41 @@ def check_expressible(spec):
   return "llama"
 
 
+def _rope_parameters(spec):
+  """transformers' rope_parameters for the spec's RoPE and its scaling (check_expressible has
+  refused what transformers would compute differently)."""
+  rope = {"rope_type": {v: k for k, v in _ROPE_TYPES.items()}[spec.rope_scaling]}
+  rope["rope_theta"] = spec.rope_theta
+  if spec.rope_scaling == "none":
+    return rope
+  rope["factor"] = spec.rope_scaling_factor
+  if spec.rope_scaling in ("yarn", "llama3"):
+    rope["original_max_position_embeddings"] = spec.rope_original_len
+  if spec.rope_scaling == "llama3":
+    rope["low_freq_factor"] = spec.rope_low_freq_factor
+    rope["high_freq_factor"] = spec.rope_high_freq_factor
+  if spec.rope_scaling == "yarn":
+    rope["beta_fast"] = spec.yarn_beta_fast
+    rope["beta_slow"] = spec.yarn_beta_slow
+    # Written only when set: transformers' defaults are the same, and older versions lack keys.
+    for key, value in (("mscale", spec.yarn_mscale), ("mscale_all_dim", spec.yarn_mscale_all_dim)):
+      if value:
+        rope[key] = value
+    if spec.yarn_attention_factor is not None:
+      rope["attention_factor"] = spec.yarn_attention_factor
+    if not spec.yarn_truncate:
+      rope["truncate"] = False
+  return rope
+
+
 def hf_config(spec, arch, dtype):
   """The config.json dict of `spec` as architecture `arch` (from check_expressible)."""
   sliding = [t.window == "sliding" for t in spec.layers]
   window = next((t.window_size for t in spec.layers if t.window == "sliding"), None)
   theta = spec.rope_theta
+  rope = _rope_parameters(spec)
+  # transformers' dynamic NTK measures its extension from max_position_embeddings.
+  max_len = spec.rope_original_len if spec.rope_scaling == "dynamic" else spec.max_len
   hf = {
     "architectures": [next(k for k, v in ARCHITECTURES.items() if v == arch)],
     "model_type": arch,
@@ -291,9 +437,9 @@ def hf_config(spec, arch, dtype):
     "num_key_value_heads": spec.num_kv_heads,
     "head_dim": spec.head_dim,
     "hidden_act": "silu",
-    "max_position_embeddings": spec.max_len,
+    "max_position_embeddings": max_len,
     "rms_norm_eps": spec.norm_eps,
-    "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+    "rope_parameters": rope,
     "rope_theta": theta,  # where transformers 4.x reads it
     "tie_word_embeddings": spec.tie_embeddings,
     "attention_bias": spec.attn_bias,
@@ -306,6 +452,8 @@ def hf_config(spec, arch, dtype):
     "use_cache": True,
     "dtype": np.dtype(dtype).name,
   }
+  if spec.rope_scaling != "none":
+    hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}  # transformers 4.x
   if arch in ("llama", "smollm3"):
     hf["mlp_bias"] = spec.mlp_bias
   if arch in ("smollm3", "qwen3"):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nopejax.model.schemes.base import Bias
+from nopejax.model.schemes.base import Bias, ContentBias
 
 NEG_INF = -1e30  # finite, so fully masked rows of the flash path give no NaN
 
@@ -74,13 +74,16 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
   K = k_BSKH.shape[2]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   logits_BKGTS = _einsum32("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH)
-  if bias_fn is not None:
+  allowed_BTS = keys.mask()
+  if isinstance(bias_fn, ContentBias):
+    logits_BKGTS += bias_fn.fn(bias_fn.params, q_BTKGH, logits_BKGTS, allowed_BTS, keys)
+  elif bias_fn is not None:
     bias_BNTS = bias_fn(keys.q_pos_BT, keys.k_pos_BS)
     logits_BKGTS += bias_BNTS.reshape(B, K, N // K, T, -1)
   # An additive mask of [B, T, S] rather than a select on the [B, K, G, T, S] logits: the same
   # probabilities (NEG_INF absorbs any logit), but the softmax backward needs no mask of its own
   # (30% less time in a CPU attention layer's forward and backward).
-  mask_BTS = jnp.where(keys.mask(), 0.0, NEG_INF)
+  mask_BTS = jnp.where(allowed_BTS, 0.0, NEG_INF)
   probs_BKGTS = jax.nn.softmax(logits_BKGTS + mask_BTS[:, None, None], axis=-1)
   out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
   return out_BTKGH.reshape(B, T, N, H)
@@ -520,7 +523,7 @@ def context_parallel(
       keys.window,
       keys.documents,
     )
-    bias = None if bias_fn is None else Bias(bias_fn.fn, bias_params)
+    bias = None if bias_fn is None else dataclasses.replace(bias_fn, params=bias_params)
     return path(q_BtNH, gather(k_BsKH, axis=1), gather(v_BsKH, axis=1), local, bias)
 
   rows = P(batch_axes, axis)
@@ -584,6 +587,7 @@ def choose(
   block_size=512,
   window="full",
   documents=True,
+  content=False,
 ):
   """The attention path for one layer; `auto` picks by backend, bias, window, shapes and dtype,
   and never a path that would then refuse the shapes.
@@ -595,8 +599,10 @@ def choose(
   on a CPU, takes the JAX flash path (memory linear in length, biases per block); short CPU
   layers the reference einsum, the fastest there at training lengths. The kernels need queries
   and keys to be the same tokens (key_length None or == length; not so when decoding from a KV
-  cache).
+  cache). Layers with a content-dependent bias (CoPE) always take the reference path.
   """
+  if content:
+    return "reference"
   if impl != "auto":
     return impl
   backend = backend or _backend()

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 from nopejax.model import attention, kv_cache
 from nopejax.model import spec as spec_lib
 from nopejax.model.ops import dense, fan_in, lookup, param
-from nopejax.model.schemes import SCHEMES, absolute
+from nopejax.model.schemes import SCHEMES, absolute, scaling, t5
 
 # Activation checkpointing policies (`model.remat`), applied per scanned period or per block
 # (`model.remat_scope`): what the backward pass may keep instead of recomputing.
@@ -67,9 +67,11 @@ def _partition(bias_fn):
 
 def path_for(spec, layer, length, *, key_length=None, backend=None, documents=True):
   """The attention path of one layer at `length` queries (and `key_length` keys)."""
+  scheme = SCHEMES[layer.scheme]
   return attention.choose(
     spec.attention_impl,
-    has_bias=SCHEMES[layer.scheme].has_bias,
+    has_bias=scheme.has_bias,
+    content=scheme.content,
     length=length,
     flash_above=spec.flash_above,
     backend=backend,
@@ -145,7 +147,7 @@ class Attention(nn.Module):
     return k_BSKH, v_BSKH, keys
 
   @nn.compact
-  def __call__(self, x_BTD, keys):
+  def __call__(self, x_BTD, keys, shared):
     s, layer = self.spec, self.layer
     q_BTNH = checkpoint_name(self._proj("q", x_BTD, s.num_heads, "heads"), "query")
     k_BSKH = checkpoint_name(self._proj("k", x_BTD, s.num_kv_heads, "kv_heads"), "key")
@@ -155,10 +157,11 @@ class Attention(nn.Module):
       k_BSKH = RMSNorm(s, "head_dim", name="k_norm")(k_BSKH)
     scheme = SCHEMES[layer.scheme]
     q_BTNH, k_BSKH = scheme.queries_keys(self, s, q_BTNH, k_BSKH, keys)
+    q_BTNH = scaling.scale_queries(self, s, layer.query_scaling, q_BTNH, keys)
     q_BTNH = q_BTNH * s.head_dim**-0.5
     if self.cache_len:
       k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys)
-    bias_fn = scheme.bias_fn(self, s)
+    bias_fn = scheme.bias_fn(self, s, shared)
     context = attention.context_axis(x_BTD.shape[1])
     impl = path_for(
       s, layer, x_BTD.shape[1] // context.size, key_length=k_BSKH.shape[1], documents=keys.documents
@@ -218,11 +221,11 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, context):
-    idx_T, pos_BT, seg_BT = context
+    idx_T, pos_BT, seg_BT, shared = context
     window = attention.Window(self.layer.window, self.layer.window_size)
     keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window, self.documents)
     h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
-    x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys)
+    x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys, shared)
     h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
     x_BTD += MLP(self.spec, name="mlp")(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
@@ -301,7 +304,11 @@ class Decoder(nn.Module):
       )
       indices_T = indices_T[order_T]
       x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
-    context = (indices_T, positions_BT, segment_ids_BT)
+    # Parameters every layer reads (the shared T5 table): owned here, broadcast into the scan.
+    shared = {}
+    if s.t5_shared and any(t.scheme == "t5" for t in s.layers):
+      shared["t5_bias"] = t5.t5_table(self, s)
+    context = (indices_T, positions_BT, segment_ids_BT, shared)
     x_BTD, _ = nn.scan(
       period,
       variable_axes={"params": 0, "cache": 0},

@@ -8,7 +8,7 @@ from ml_collections import config_dict
 
 from nopejax import specs
 from nopejax.model import patterns
-from nopejax.model.schemes import SCHEMES
+from nopejax.model.schemes import SCHEMES, xpos
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INPUT_POSITIONS = ("none", "learned", "sinusoidal")
@@ -33,6 +33,18 @@ def model_config():
   c.max_len = 2048  # table size of learned input positions (evaluation beyond it is refused)
   c.rope_theta = 10000.0  # RoPE base wavelength
   c.rope_fraction = 1.0  # share of head dims rotated (Kazemnejad's rotary baseline: 0.25)
+  # RoPE context extension of full/chunked RoPE layers (schemes/rope.py); sliding ones keep theirs.
+  c.rope_scaling = "none"  # none|linear|ntk|dynamic|yarn|llama3, as transformers has them
+  c.rope_scaling_factor = 1.0  # how many times longer than rope_original_len the context gets
+  c.rope_original_len = 0  # the pretraining context (dynamic, yarn, llama3 need it); 0: unset
+  c.rope_low_freq_factor = 1.0  # llama3: wavelengths above original_len / this are interpolated
+  c.rope_high_freq_factor = 4.0  # llama3: wavelengths below original_len / this are kept
+  c.yarn_beta_fast = 32.0  # YaRN: dims turning this often over original_len keep their frequency
+  c.yarn_beta_slow = 1.0  # YaRN: dims turning fewer times are interpolated
+  c.yarn_mscale = 0.0  # YaRN (DeepSeek): attention factor's numerator mscale; 0: off
+  c.yarn_mscale_all_dim = 0.0  # YaRN (DeepSeek): its denominator mscale; 0: off
+  c.yarn_attention_factor = config_dict.placeholder(float)  # None: from factor (and the mscales)
+  c.yarn_truncate = True  # YaRN: round the ramp's ends to whole dims (transformers' default)
   c.t5_num_buckets = 32  # T5 relative-bias buckets (causal: all on the past side)
   c.t5_max_distance = 128  # distance at which T5 buckets stop growing
   c.t5_shared = False  # True: one T5 bias table for all t5 layers (T5's own layout)
@@ -101,10 +113,20 @@ class ModelSpec:
   remat_scope: str = "period"
   loss_chunk: int = 2048
   scan_unroll: int = 1
-  # RoPE context extension, set by evaluation (eval.rope_scaling) and never by training.
-  rope_scaling: str = "none"  # none | linear | ntk | yarn (schemes.rope.ROPE_SCALINGS)
+  # RoPE context extension of full/chunked RoPE layers: model.rope_scaling and its options
+  # (training and evaluation), which eval.rope_scaling overrides at evaluation. The defaults
+  # scale nothing, so a config.json written before these keys existed resolves unchanged.
+  rope_scaling: str = "none"  # schemes.rope.ROPE_SCALINGS
   rope_scaling_factor: float = 1.0
-  rope_original_len: int = 0  # YaRN: the training context length
+  rope_original_len: int = 0  # the pretraining context length; 0: unset
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  yarn_beta_fast: float = 32.0
+  yarn_beta_slow: float = 1.0
+  yarn_mscale: float = 0.0
+  yarn_mscale_all_dim: float = 0.0
+  yarn_attention_factor: float | None = None
+  yarn_truncate: bool = True
   fire_threshold: int = 512
   fire_mlp_width: int = 32
   t5_shared: bool = False
@@ -124,6 +146,14 @@ class ModelSpec:
         f"{what} needs {length} positions but the learned input positions cover "
         f"model.max_len={self.max_len}{hint}"
       )
+    if any(t.scheme == "xpos" for t in self.layers):
+      top = xpos.max_position(self.rope_dim, self.xpos_scale_base, self.dtype)
+      if length > top:
+        raise ValueError(
+          f"{what} needs {length} positions but xPos's key scale overflows "
+          f"model.dtype beyond position {top} at model.xpos_scale_base={self.xpos_scale_base:g}"
+          f"{hint}; raise the scale base"
+        )
 
 
 def _loss_chunk(value):
@@ -266,6 +296,64 @@ def _check_schemes(cfg, schemes, attention_impl):
 
 
 def _rope_scaling(cfg):
-  """RoPE context extension fields of ModelSpec (schemes/rope.py)."""
-  del cfg
-  return {}
+  """RoPE context extension fields of ModelSpec (schemes/rope.py), all checked whatever the type
+  (eval.rope_scaling may pick another type that reads them)."""
+  from nopejax.model.schemes import rope  # the SCHEMES import above has already loaded it
+
+  get = cfg.get
+  # abs(v) < inf is False for NaN and infinities: finite numbers only.
+  number = lambda v: (
+    isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+  )
+  scaling = specs.choice(get("rope_scaling", "none"), rope.ROPE_SCALINGS, "model.rope_scaling")
+  factor = get("rope_scaling_factor", 1.0)
+  specs.check(
+    number(factor) and factor >= 1,
+    f"model.rope_scaling_factor: expected a number >= 1, got {factor!r}",
+  )
+  original = get("rope_original_len", 0)
+  specs.check(
+    isinstance(original, int) and not isinstance(original, bool) and original >= 0,
+    f"model.rope_original_len: expected 0 (unset) or a positive integer, got {original!r}",
+  )
+  specs.check(
+    scaling not in rope.NEEDS_ORIGINAL_LEN or original > 0,
+    f"model.rope_original_len: model.rope_scaling={scaling} needs the pretraining context "
+    "length, got 0",
+  )
+  low = specs.positive(get("rope_low_freq_factor", 1.0), "model.rope_low_freq_factor", float)
+  high = specs.positive(get("rope_high_freq_factor", 4.0), "model.rope_high_freq_factor", float)
+  specs.check(
+    low < high,
+    f"model.rope_low_freq_factor={low} must be below model.rope_high_freq_factor={high}",
+  )
+  fast = specs.positive(get("yarn_beta_fast", 32.0), "model.yarn_beta_fast", float)
+  slow = specs.positive(get("yarn_beta_slow", 1.0), "model.yarn_beta_slow", float)
+  specs.check(
+    fast >= slow, f"model.yarn_beta_fast={fast} must be at least model.yarn_beta_slow={slow}"
+  )
+  for key in ("yarn_mscale", "yarn_mscale_all_dim"):
+    value = get(key, 0.0)
+    specs.check(
+      number(value) and value >= 0, f"model.{key}: expected a number >= 0 (0: off), got {value!r}"
+    )
+  attention_factor = get("yarn_attention_factor", None)
+  if attention_factor is not None:
+    attention_factor = specs.positive(attention_factor, "model.yarn_attention_factor", float)
+  truncate = get("yarn_truncate", True)
+  specs.check(
+    isinstance(truncate, bool), f"model.yarn_truncate: expected true or false, got {truncate!r}"
+  )
+  return dict(
+    rope_scaling=scaling,
+    rope_scaling_factor=float(factor),
+    rope_original_len=original,
+    rope_low_freq_factor=low,
+    rope_high_freq_factor=high,
+    yarn_beta_fast=fast,
+    yarn_beta_slow=slow,
+    yarn_mscale=float(get("yarn_mscale", 0.0)),
+    yarn_mscale_all_dim=float(get("yarn_mscale_all_dim", 0.0)),
+    yarn_attention_factor=attention_factor,
+    yarn_truncate=truncate,
+  )

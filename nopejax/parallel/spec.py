@@ -29,6 +29,7 @@ def mesh_config():
     ("norm", None),
     ("buckets", None),
     ("fire_mlp", None),
+    ("cope_positions", None),
   )
   return c
 

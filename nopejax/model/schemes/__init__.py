@@ -5,7 +5,7 @@ docstring) and one entry below. Nothing else changes: layer patterns validate ag
 table, and attention calls the scheme's hooks.
 """
 
-from nopejax.model.schemes import alibi, fire, kerple, nope, rope, t5
+from nopejax.model.schemes import alibi, cope, fire, kerple, nope, prope, rope, t5, xpos
 from nopejax.model.schemes.base import Scheme
 
 SCHEMES = {
@@ -18,6 +18,9 @@ SCHEMES = {
     fire.FIRE,
     kerple.KERPLE_LOG,
     kerple.KERPLE_POWER,
+    xpos.XPOS,
+    cope.COPE,
+    prope.PROPE,
   )
 }
 

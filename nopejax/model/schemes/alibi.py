@@ -32,7 +32,7 @@ def alibi_bias(q_pos_BT, k_pos_BS, num_heads):
 
 
 class ALiBi(base.Scheme):
-  def bias_fn(self, module, spec):
+  def bias_fn(self, module, spec, shared):
     del module
     return base.Bias(functools.partial(_no_params, num_heads=spec.num_heads))
 

@@ -30,18 +30,28 @@ class Bias:
 
 
 @dataclasses.dataclass(frozen=True)
+class ContentBias(Bias):
+  """A bias that depends on the queries and keys, not only on positions (CoPE):
+  `fn(params, q_BTKGH, logits_BKGTS, allowed_BTS, keys) -> [B, K, G, T, S]` float32, from the
+  scaled queries, the fp32 logits q.k and the mask. Only the reference path computes it: it needs
+  each query's whole row of logits."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Scheme:
   name: str
   rotary: bool = False  # rotates `spec.rope_dim` dims (model.rope_fraction is validated for it)
   has_bias: bool = False  # returns a bias_fn: paths that take no bias are not chosen for it
+  content: bool = False  # its bias_fn is a ContentBias: the layer takes the reference path
 
   def queries_keys(self, module, spec, q_BTNH, k_BSKH, keys):
     """Queries and keys after the scheme (before the softmax scale); `module` owns any params."""
     del module, spec, keys
     return q_BTNH, k_BSKH
 
-  def bias_fn(self, module, spec):
+  def bias_fn(self, module, spec, shared):
     """None, or a `Bias`: `bias(q_pos_BT, k_pos_BS) -> [B, N, T, S]` float32 added to the
-    logits, its learned parameters (if any) in `Bias.params`."""
-    del module, spec
+    logits, its learned parameters (if any) in `Bias.params`. `shared`: the parameters the
+    decoder holds for all layers (a shared T5 table), by name."""
+    del module, spec, shared
     return None

@@ -32,7 +32,7 @@ def fire_bias(params, q_pos_BT, k_pos_BS, *, threshold):
 
 
 class Fire(base.Scheme):
-  def bias_fn(self, module, spec):
+  def bias_fn(self, module, spec, shared):
     width, heads, dtype = spec.fire_mlp_width, spec.num_heads, spec.param_dtype
     param = functools.partial(ops.param, module, dtype=dtype)
     params = {

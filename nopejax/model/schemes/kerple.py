@@ -40,7 +40,7 @@ def kerple_bias(params, q_pos_BT, k_pos_BS, *, kind):
 class Kerple(base.Scheme):
   kind: str = "log"
 
-  def bias_fn(self, module, spec):
+  def bias_fn(self, module, spec, shared):
     params = {
       name: ops.param(module, f"kerple_{name}", _uniform(high), (spec.num_heads,), ("heads",),
                       spec.param_dtype)

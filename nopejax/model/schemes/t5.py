@@ -1,5 +1,7 @@
-"""T5's relative bias (Raffel et al. 2020): a learned scalar per head and log-spaced distance
-bucket, causal (every bucket on the past side)."""
+"""T5's relative bias (Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified
+Text-to-Text Transformer"): a learned scalar per head and log-spaced distance bucket, causal
+(every bucket on the past side). Each t5 layer has its own table, or with `model.t5_shared` all
+share one, as T5 and Kazemnejad et al.'s baseline do."""
 
 import functools
 import math
@@ -34,18 +36,23 @@ def t5_bias(q_pos_BT, k_pos_BS, table_UN, *, max_distance):
   return jnp.moveaxis(table_UN.astype(jnp.float32)[bucket_BTS], -1, 1)
 
 
+def t5_table(module, spec, name="t5_bias"):
+  """The learned [buckets, heads] table, a parameter of `module`."""
+  return ops.param(
+    module,
+    name,
+    nn.initializers.normal(0.02),
+    (spec.t5_num_buckets, spec.num_heads),
+    ("buckets", "heads"),
+    spec.param_dtype,
+  )
+
+
 class T5(base.Scheme):
-  def bias_fn(self, module, spec):
-    # One table per T5 layer: with per-layer schemes there is no "first layer" to own a shared
-    # table, and each block stays self-contained under the scan.
-    table_UN = ops.param(
-      module,
-      "t5_bias",
-      nn.initializers.normal(0.02),
-      (spec.t5_num_buckets, spec.num_heads),
-      ("buckets", "heads"),
-      spec.param_dtype,
-    )
+  def bias_fn(self, module, spec, shared):
+    # One table per T5 layer, or with model.t5_shared the decoder's one table for all of them
+    # (T5's own layout; the decoder owns it so each scanned block stays self-contained).
+    table_UN = shared["t5_bias"] if spec.t5_shared else t5_table(module, spec)
     return base.Bias(functools.partial(_t5_bias_of, max_distance=spec.t5_max_distance), table_UN)
 
 
