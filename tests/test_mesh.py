@@ -60,9 +60,12 @@ def test_meshes_match_one_device_and_shard_parameters(tmp_path):
 # Every scheme and window, packed rows (tiny's task documents), block pairs skipped by the
 # flash path; 4 periods of 4 layers would only repeat the same program, so one period.
 CONTEXT_MODEL = (
-  "model.positions=nope+rope@sliding:8+alibi@chunked:16+t5",
-  "model.num_layers=4",
-  "model.attention_impl=flash",
+  # CoPE sums its gates in sequence order, which zigzag permutes; FIRE's MLP is a bias param.
+  "model.positions=nope+rope@sliding:8+alibi@chunked:16+t5+fire+cope",
+  "model.query_scaling=ssmax+none",
+  "model.num_layers=6",
+  "model.attention_impl=auto",
+  "model.flash_above=1",  # flash for every layer but CoPE's, which takes the reference path
   "model.block_size=4",
   "model.loss_chunk=12",  # the chunked loss (32-token rows: two chunks and a padded one)
 )

@@ -74,9 +74,9 @@ def test_each_document_gets_a_sorted_random_subset_of_the_range(cfg):
     assert batch["positions"].dtype == np.int32
   assert sum(p[0] == 0 for _, _, p in docs) < len(docs) / 10  # rarely from 0
   assert max(p[-1] for _, _, p in docs) > L_MAX / 2  # reaching far beyond the row's 40
-  # Every document its own draw: no two alike, in a row or across rows.
+  # Every document its own draw: no two alike, in a row or across rows and batches.
   assert len({tuple(p) for _, _, p in docs}) == len(docs)
-  assert any(len({r for bb, r, _ in docs if bb == b}) > 1 for b in range(len(batches)))
+  assert len(docs) > 2 * len(batches) * cfg.batch_size  # packed: several documents per row
 
 
 @pytest.mark.parametrize("size, high", [(2, 5), (3, 7), (6, 7)])  # (6, 7): the dense branch
@@ -114,20 +114,22 @@ def test_only_the_positions_change(cfg):
     for key in ("inputs", "targets", "segment_ids", "loss_mask"):
       np.testing.assert_array_equal(on_batch[key], off_batch[key], err_msg=key)
     assert not np.array_equal(on_batch["positions"], off_batch["positions"])
-    # The rank of each token within its document is kept: the real positions, renumbered.
+    # The same documents, each of the same length, which the option only renumbers.
     for (_, on), (_, real) in zip(document_positions(on_batch), document_positions(off_batch)):
       np.testing.assert_array_equal(real, np.arange(len(on)))
 
 
-def test_evaluation_keeps_the_real_positions(cfg, monkeypatch):
-  def refuse(*args, **kwargs):
-    raise AssertionError("evaluation must not randomize positions")
+def refuse(*args, **kwargs):
+  raise AssertionError("evaluation must not randomize positions")
 
+
+def test_evaluation_keeps_the_real_positions(cfg, monkeypatch):
   monkeypatch.setattr(positions_lib, "randomize", refuse)
   off = dataclasses.replace(cfg, random_positions_max=0)
   for split in ("validation", "test_6"):
     batches = list(pipeline.EvalBatches(cfg, split, process_index=0, process_count=1))
-    assert_batches_equal(batches, list(pipeline.EvalBatches(off, split)))
+    real = pipeline.EvalBatches(off, split, process_index=0, process_count=1)
+    assert_batches_equal(batches, list(real))
     for batch in batches:
       for _, p in document_positions(batch):
         np.testing.assert_array_equal(p, np.arange(len(p)))
@@ -161,10 +163,7 @@ def test_a_rope_model_trains_on_random_positions_and_evaluates_on_real_ones(tmp_
   assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
   assert len(seen) >= 4 and max(seen) >= cfg.data.seq_len  # the steps saw randomized positions
 
-  def refuse(*args, **kwargs):
-    raise AssertionError("evaluation must not randomize positions")
-
-  monkeypatch.setattr(positions_lib, "randomize", refuse)
+  monkeypatch.setattr(positions_lib, "randomize", refuse)  # tasks, generation, lm, passkey
   results = runner.evaluate(exp, params)
   assert set(results["copy"]) == {1, 2, 3}
 

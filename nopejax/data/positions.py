@@ -10,9 +10,11 @@ The draw is a function of (data.seed, epoch, global row, segment id) alone, thro
 counter-based hash (SplitMix64), so every process computes only its own rows and a resumed run
 sees the same positions. It is vectorized over the batch: each document draws n integers of
 [0, L) with replacement, drops repeats, and draws again as many as it lacks until it holds n
-distinct (the first n distinct draws of an i.i.d. stream: exactly uniform); a document taking
-more than half of [0, L) draws the integers it leaves out instead, so it never waits on the
-last few free ones. The cost is a few sorts of the batch's tokens per batch, whatever L is.
+distinct (the first n distinct draws of an i.i.d. stream: every subset equally likely, up to
+the hash's bias below L / 2**32); a document taking more than half of [0, L) draws the integers
+it leaves out instead, so it never waits on the last few free ones. The cost is a few sorts of
+the batch's tokens per batch (about 10 ms for 64 rows of 2,048 tokens on one core), however
+large L is; a Python loop per document, or a permutation of [0, L) per document, would not be.
 """
 
 import itertools
@@ -31,7 +33,7 @@ def _mix(x_N):
 
 
 def _key(*parts_N):
-  """A 64-bit key per element from integer arrays (or scalars) of the same length."""
+  """A 64-bit key per element from integer arrays (or scalars) broadcast together."""
   shape = np.broadcast_shapes(*(np.shape(p) for p in parts_N))
   key_N = np.zeros(shape, np.uint64)
   for part in parts_N:
@@ -53,8 +55,9 @@ def _sorted_unique(x_N):
 def _distinct(key_D, count_D, high):
   """Sorted `d * high + value`: count_D[d] distinct values of [0, high) for each document d, the
   first distinct ones of its stream of uniform draws. count_D[d] <= high / 2, so every draw is
-  new with probability >= 1/2 and the shortfall at least halves each round; a round after the
-  first draws only the shortfall and looks its draws up in the rounds before by binary search."""
+  new with probability >= 1/2 and the shortfall halves each round or faster (on average); a
+  round after the first draws only the shortfall and looks its draws up in the rounds before by
+  binary search."""
   doc_D = np.arange(len(count_D), dtype=np.int64)
   held, short_D = [], count_D  # each round's new values (if any), sorted
   for round_ in itertools.count():
@@ -72,7 +75,7 @@ def _distinct(key_D, count_D, high):
     short_D = short_D - np.bincount(new_M // high, minlength=len(count_D))
     if not short_D.any():
       drawn_N = np.concatenate([np.empty(0, np.int64), *held])
-      return drawn_N if len(held) <= 1 else np.sort(drawn_N, kind="stable")
+      return drawn_N if len(held) <= 1 else np.sort(drawn_N)
 
 
 def sorted_subsets(key_D, size_D, high):
@@ -89,15 +92,18 @@ def sorted_subsets(key_D, size_D, high):
 
 
 def randomize(batch, high: int, *, seed: int, epoch: int, first_row: int) -> np.ndarray:
-  """`batch["positions"]` with every document's positions (0, 1, ... in a pipeline batch) made
-  a sorted random subset of [0, high), keyed by (seed, epoch, first_row + row, segment id):
-  rows are the epoch's global rows first_row, first_row + 1, ... Padding keeps position 0."""
-  segment_ids_RT, positions_RT = batch["segment_ids"], batch["positions"]
+  """`batch["positions"]` with every document's positions made a sorted random subset of
+  [0, high), keyed by (seed, epoch, first_row + row, segment id): the rows are the epoch's
+  global rows first_row, first_row + 1, ... A document is a run of one segment id > 0 (at most
+  `high` tokens); padding keeps its positions."""
+  segment_ids_RT = batch["segment_ids"]
   real_RT = segment_ids_RT > 0
-  row_N = np.nonzero(real_RT)[0]
-  start_D = np.flatnonzero(positions_RT[real_RT] == 0)  # each document's first token
-  size_D = np.diff(np.append(start_D, len(row_N)))
-  key_D = _key(seed, epoch, first_row + row_N[start_D], segment_ids_RT[real_RT][start_D])
-  out_RT = positions_RT.copy()
+  new_RT = np.ones(segment_ids_RT.shape, bool)
+  new_RT[:, 1:] = segment_ids_RT[:, 1:] != segment_ids_RT[:, :-1]
+  start_D = np.flatnonzero((new_RT & real_RT)[real_RT])  # each document's first token
+  size_D = np.diff(np.append(start_D, np.count_nonzero(real_RT)))
+  row_D = np.nonzero(real_RT)[0][start_D]
+  key_D = _key(seed, epoch, first_row + row_D, segment_ids_RT[real_RT][start_D])
+  out_RT = batch["positions"].copy()
   out_RT[real_RT] = sorted_subsets(key_D, size_D, high)
   return out_RT

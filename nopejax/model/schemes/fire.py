@@ -26,8 +26,11 @@ def fire_bias(params, q_pos_BT, k_pos_BS, *, threshold):
   distance_BTS = jnp.maximum(q_pos_BT1 - k_pos_BS.astype(jnp.float32)[:, None, :], 0.0)
   x_BTS = psi(distance_BTS) / psi(jnp.maximum(big_l, q_pos_BT1))
   x_BTS = jnp.clip(x_BTS, 0.0, 1.0)
-  hidden_BTSW = nn.relu(x_BTS[..., None] * params["w1"].astype(jnp.float32) + params["b1"])
-  out_BTSN = hidden_BTSW @ params["w2"].astype(jnp.float32) + params["b2"]
+  w1_111W, b1_111W, b2_111N = (
+    params[n].astype(jnp.float32).reshape(1, 1, 1, -1) for n in ("w1", "b1", "b2")
+  )
+  hidden_BTSW = nn.relu(x_BTS[..., None] * w1_111W + b1_111W)
+  out_BTSN = hidden_BTSW @ params["w2"].astype(jnp.float32) + b2_111N
   return jnp.moveaxis(out_BTSN, -1, 1)
 
 
@@ -38,7 +41,9 @@ class Fire(base.Scheme):
     params = {
       "w1": param("fire_w1", nn.initializers.normal(1.0), (width,), ("fire_mlp",)),
       "b1": param("fire_b1", nn.initializers.zeros, (width,), ("fire_mlp",)),
-      "w2": param("fire_w2", nn.initializers.normal(width**-0.5), (width, heads), ("fire_mlp", "heads")),
+      "w2": param(
+        "fire_w2", nn.initializers.normal(width**-0.5), (width, heads), ("fire_mlp", "heads")
+      ),
       "b2": param("fire_b2", nn.initializers.zeros, (heads,), ("heads",)),
       "c": param("fire_c", nn.initializers.constant(0.1), (), ()),
       "l": param("fire_l", nn.initializers.ones, (), ()),

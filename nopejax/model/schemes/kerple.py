@@ -42,8 +42,9 @@ class Kerple(base.Scheme):
 
   def bias_fn(self, module, spec, shared):
     params = {
-      name: ops.param(module, f"kerple_{name}", _uniform(high), (spec.num_heads,), ("heads",),
-                      spec.param_dtype)
+      name: ops.param(
+        module, f"kerple_{name}", _uniform(high), (spec.num_heads,), ("heads",), spec.param_dtype
+      )
       for name, high in (("r1", 2.0), ("r2", 1.0))
     }
     return base.Bias(functools.partial(kerple_bias, kind=self.kind), params)

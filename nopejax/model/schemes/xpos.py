@@ -8,8 +8,9 @@ d the rotated dims (`model.rope_fraction` of the head), as in torchscale's imple
 
 The scales are taken at absolute positions (keys are scaled once, so the KV cache stores them as
 they are), which bounds the positions a dtype can hold: zeta_0^(-n / gamma) overflows float32 and
-bfloat16 beyond n of about 36k at gamma 512, float16 beyond 4.5k. `max_position` says where;
-`ModelSpec.check_length` refuses longer sequences with one line.
+bfloat16 beyond n of about 36k at gamma 512, float16 beyond 4.5k. `max_position` says where, with
+room for keys of norm 2^8 (34k at gamma 512 in float32); `ModelSpec.check_length` refuses longer
+sequences with one line, and a larger `model.xpos_scale_base` reaches further.
 """
 
 import math
@@ -26,8 +27,10 @@ def xpos_zeta(rotary_dim):
 
 
 def max_position(rotary_dim, scale_base, dtype):
-  """The largest position whose key scale zeta_0^(-n / gamma) stays finite in `dtype`."""
-  return int(math.log(float(jnp.finfo(dtype).max)) * scale_base / -math.log(xpos_zeta(rotary_dim)[0]))
+  """The largest position whose key scale zeta_0^(-n / gamma) leaves room in `dtype` for keys
+  of norm up to 2^8 (the rotated pair is a difference of two scaled products)."""
+  room = math.log(float(jnp.finfo(dtype).max)) - 8 * math.log(2)
+  return int(room * scale_base / -math.log(xpos_zeta(rotary_dim)[0]))
 
 
 def xpos(x_BTNH, positions_BT, *, theta, rotary_dim, scale_base, sign):
