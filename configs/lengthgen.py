@@ -3,13 +3,15 @@
   python -m nopejax.train --config=configs/lengthgen.py:task=addition,scheme=t5,seed=1 --workdir=W
   python -m nopejax.sweep --config=configs/lengthgen.py --workdir=runs/lengthgen
   python -m nopejax.sweep --config=configs/lengthgen.py:hybrids --workdir=runs/hybrids
+  python -m nopejax.sweep --config=configs/lengthgen.py:frontier --workdir=runs/frontier
   python -m nopejax.report --sweep=runs/lengthgen,runs/hybrids
 
 The model (4 layers x 64, 268K parameters) at 3,000 steps of 64 documents fits copy, parity,
 sort and summation with NoPE (the slowest scheme to fit); reverse at `lr=3e-3` (one NoPE seed
 in three) and addition not at all; see the README's Results.
 
-Schemes are the paper's five plus per-layer hybrids it could not test. Training lengths are
+Schemes are the paper's five, per-layer hybrids it could not test, and the research frontier
+(FIRE, KERPLE, xPos, CoPE, p-RoPE, NoPE with SSMax, a shared T5 table, randomized positions). Training lengths are
 the paper's (copy/reverse up to 20, the others up to 8); test splits go to 40 and 16.
 """
 
@@ -29,12 +31,40 @@ SCHEMES = {
   "alternate": {"positions": "alternate"},  # nope,rope
   "rnope_swa": {"positions": "rnope_swa:16"},  # sliding-16 RoPE x3, full NoPE
   "llama4": {"positions": "llama4:16", "temperature_floor_scale": 16.0},  # chunked RoPE + NoPE
+  # The research frontier (README, Positional schemes). Length scales shrink to the tasks' as
+  # the windows do: FIRE's threshold and xPos's decay base to the training lengths, CoPE's
+  # positions to cover the longest test document (90 tokens).
+  "fire": {"positions": "fire", "fire_threshold": 32},
+  "kerple_log": {"positions": "kerple_log"},
+  "kerple_power": {"positions": "kerple_power"},
+  "xpos": {"positions": "xpos", "rope_fraction": 0.25, "xpos_scale_base": 64.0},  # RoPE's dims
+  "cope": {"positions": "cope", "cope_npos_max": 96},
+  "prope": {"positions": "prope", "prope_fraction": 0.75},  # Barbero et al.'s best p
+  "nope_ssmax": {"positions": "nope", "query_scaling": "ssmax"},
+  "nope_headscale": {"positions": "nope", "query_scaling": "headscale"},
+  "t5_shared": {"positions": "t5", "t5_shared": True},  # one table, as T5 and the paper
+  "rope_random": {"positions": "rope", "rope_fraction": 0.25},
+  "nope_random": {"positions": "nope"},
 }
+# scheme -> data overrides: Ruoss et al.'s randomized positions, drawn from [0, 256) (beyond every
+# task's longest test document) in training; evaluation sees the real ones.
+DATA = {"rope_random": {"random_positions_max": 256}, "nope_random": {"random_positions_max": 256}}
 PAPER = ("nope", "t5", "alibi", "rope", "abs")
 # The longest training document of each task in words, minus one (the row holds inputs):
 # one document per row with no padding beyond the task's own longest example.
 SEQ_LEN = {"copy": 44, "reverse": 44, "addition": 33, "parity": 33, "sort": 45, "summation": 23}
 HYBRIDS = ("smollm3", "alternate", "rnope_swa", "llama4")
+FRONTIER = (
+  "fire",
+  "kerple_log",
+  "xpos",
+  "cope",
+  "prope",
+  "nope_ssmax",
+  "t5_shared",
+  "rope_random",
+  "nope_random",
+)
 
 
 def _arg(arg):
@@ -47,6 +77,7 @@ def _arg(arg):
     d_model=64,
     layers=4,
     hybrids=False,
+    frontier=False,
     runlocal=False,
     tasks="+".join(TASKS),
     seeds=3,
@@ -76,6 +107,7 @@ def get_config(arg=None):
   c.data.pack = False  # as the demo: per-row documents, the paper's setting
   c.data.batch_size = 64
   c.data.seed = a.seed
+  c.data.update(DATA.get(a.scheme, {}))
   c.model.vocab_size = data.vocab_size(c.data)
   c.opt.lr = a.lr  # reverse fits faster at 3e-3 (README Results)
   c.opt.warmup_steps = 100
@@ -99,7 +131,8 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  """scheme x task x seed: the paper's five schemes, or the hybrids with `:hybrids`; `tasks`,
+  """scheme x task x seed: the paper's five schemes, the hybrids with `:hybrids`, the frontier
+  schemes with `:frontier`; `tasks`,
   `schemes` (`+`-separated), `seeds` and `first_seed` narrow it, e.g. `:tasks=copy,seeds=3`
   or `:seeds=2,first_seed=1` (seeds 1 and 2).
 
@@ -119,6 +152,8 @@ def get_sweep(arg=None):
     if a.schemes
     else HYBRIDS
     if a.hybrids
+    else FRONTIER
+    if a.frontier
     else PAPER
   )
   tasks = experiment.arg_names(a.tasks, "tasks", sorted(task_lib.TASKS))

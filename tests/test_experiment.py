@@ -70,8 +70,8 @@ def test_every_group_is_checked_in_the_one_pass(key, value, message):
 class _SelfOnly(base.Scheme):
   """A bias that hides every other key: each token attends to itself alone."""
 
-  def bias_fn(self, module, spec):
-    del module
+  def bias_fn(self, module, spec, shared):
+    del module, shared
 
     def bias(q_pos_BT, k_pos_BS):
       same_BTS = q_pos_BT[:, :, None] == k_pos_BS[:, None, :]
@@ -101,7 +101,7 @@ def test_a_new_scheme_is_one_module_and_one_registry_entry(monkeypatch):
 
 def test_registries_are_what_validation_accepts():
   cfg = tiny.get_config()
-  cfg.model.positions = "fire"
+  cfg.model.positions = "fope"
   with pytest.raises(ValueError, match=f"known: {', '.join(schemes.SCHEMES)}"):
     experiment.resolve(cfg)
   cfg = tiny.get_config()

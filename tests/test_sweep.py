@@ -217,3 +217,26 @@ def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
   assert [cfg.model.positions for _, _, cfg, _ in half] == ["smollm3", "rnope_swa:128"]
   with pytest.raises(ValueError, match="config arg patterns: unknown alibi"):
     sweep.expand(module, "patterns=alibi")
+
+
+def test_lengthgen_knows_the_frontier_schemes_and_each_resolves():
+  from nopejax import experiment
+
+  module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/lengthgen.py"))
+  runs = sweep.expand(module, "frontier,tasks=copy,seeds=1")
+  assert [n for n, *_ in runs] == [f"scheme={s},task=copy,seed=0" for s in module.FRONTIER]
+  by_scheme = {name.split(",")[0][len("scheme=") :]: cfg for name, _, cfg, _ in runs}
+  layer = lambda s: experiment.resolve(by_scheme[s]).model.layers[0]
+  assert [layer(s).scheme for s in ("fire", "kerple_log", "xpos", "cope", "prope")] == [
+    "fire",
+    "kerple_log",
+    "xpos",
+    "cope",
+    "prope",
+  ]
+  assert layer("nope_ssmax").query_scaling == "ssmax"
+  assert experiment.resolve(by_scheme["t5_shared"]).model.t5_shared
+  assert by_scheme["rope_random"].data.random_positions_max == 256
+  assert by_scheme["t5_shared"].data.random_positions_max == 0
+  for scheme in set(module.SCHEMES) - set(module.FRONTIER):  # the rest resolve too
+    experiment.resolve(module.get_config(f"scheme={scheme},task=sort"))
