@@ -187,9 +187,11 @@ def test_rope_scaling_reaches_the_model_at_evaluation_only(tmp_path):
   assert not np.allclose(
     nopejax.forward(spec, params, tokens), nopejax.forward(cfg.model, params, tokens)
   )
-  cfg.eval.rope_scaling = "dynamic"
+  cfg.eval.rope_scaling = "longrope"
   with pytest.raises(
-    ValueError, match="eval.rope_scaling: unknown value 'dynamic'; allowed: none, linear, ntk, yarn"
+    ValueError,
+    match="eval.rope_scaling: unknown value 'longrope'; allowed: none, linear, ntk, dynamic, yarn, "
+    "llama3",
   ):
     experiment.resolve(cfg)
 

@@ -531,3 +531,41 @@ def test_cli_import_from_and_export_to_a_bucket(gcs_bucket, tmp_path):
   tokens = _tokens(6)
   assert _max_diff(_hf_logits(exported.eval(), tokens), _hf_logits(model, tokens)) < TOL
   no_local_gs_dir(tmp_path, "/work/main")
+
+
+# -------------------------------------------------------- RoPE scaling and query scaling
+
+
+@pytest.mark.parametrize(
+  "overrides", [dict(positions="rope", query_scaling="ssmax"), dict(query_scaling="headscale")]
+)
+def test_save_refuses_query_scaling(overrides, tmp_path):
+  model_cfg = spec_lib.model_config()
+  model_cfg.update(overrides)
+  with pytest.raises(
+    ValueError, match=r"model\.query_scaling: layer 0 scales its queries"
+  ) as error:
+    hf.save(tmp_path / "out", model_cfg, {})
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_rope_scaling_in_the_transformers_4_layout_is_read_and_written():
+  base = dict(
+    architectures=["LlamaForCausalLM"],
+    vocab_size=8,
+    hidden_size=8,
+    intermediate_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+  )
+  cfg = hf.model_config_from_hf(
+    {**base, "rope_theta": 500.0, "rope_scaling": {"type": "linear", "factor": 2.0}}
+  )
+  assert (cfg.rope_theta, cfg.rope_scaling, cfg.rope_scaling_factor) == (500.0, "linear", 2.0)
+  written = hf.hf_config(spec_lib.resolve(cfg), "llama", np.float32)
+  assert written["rope_parameters"] == {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0}
+  assert written["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}  # where 4.x reads it
+  assert "rope_scaling" not in hf.hf_config(
+    spec_lib.resolve(spec_lib.model_config()), "llama", "f4"
+  )

@@ -9,7 +9,9 @@ Qwen2ForCausalLM, Qwen3ForCausalLM). Mapping choices:
 - A layer is sliding when `layer_types[i] == "sliding_attention"` (that is what picks its mask).
   transformers' sliding mask keeps key j for query i when `j > i - sliding_window`, so the query
   sees `sliding_window` tokens including itself: exactly our `sliding:W`, W unchanged.
-- Only default RoPE maps onto `model.rope_theta`; other rope types are refused.
+- RoPE types default, linear, dynamic, yarn and llama3 map onto `model.rope_theta` and the
+  `model.rope_scaling` keys both ways; others (longrope, ...) are refused, and so is one scaled
+  rope for all layers where some are sliding (nopejax leaves sliding RoPE layers unscaled).
 - Llama/SmolLM3/Qwen3 `attention_bias` also puts a bias on o_proj, which nopejax lacks: it loads
   only when that bias is zero, and save writes a zero one.
 - Save writes Llama when every layer is full-attention RoPE (the architecture every downstream

@@ -133,10 +133,15 @@ def _rope_params(hf, arch, tokens, where):
         "sliding_attention RoPE layers too; nopejax leaves sliding-window RoPE layers unscaled"
       )
     return outer
-  if arch == "llama" or set(outer) - set(_LAYER_KINDS):
+  if arch == "llama":
     raise ValueError(
-      f"{where}: rope_parameters per layer type are not supported for {arch}; it reads one "
-      f"rope dict ({', '.join(_LAYER_KINDS)} only, and not for Llama)"
+      f"{where}: rope_parameters per layer type are not supported for llama; LlamaForCausalLM "
+      "reads one rope dict for all layers"
+    )
+  if set(outer) - set(_LAYER_KINDS):
+    raise ValueError(
+      f"{where}: rope_parameters per layer type: expected keys {', '.join(_LAYER_KINDS)}, got "
+      f"{', '.join(map(str, outer))}"
     )
   full, sliding = outer.get("full_attention"), outer.get("sliding_attention")
   for kind, needed, params in (("full", full_rope, full), ("sliding", sliding_rope, sliding)):
@@ -170,10 +175,10 @@ def _rope_keys(hf, arch, tokens, where):
   missing = [key for key in _ROPE_REQUIRED.get(rope_type, ()) if key not in params]
   if missing:
     raise ValueError(f"{where}: rope_parameters.rope_type={rope_type!r} needs {', '.join(missing)}")
-  factor = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
-  if factor not in (None, 1, 1.0):
+  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+  if partial not in (None, 1, 1.0):
     raise ValueError(
-      f"{where}: partial_rotary_factor={factor} is not supported; {arch} rotates whole heads"
+      f"{where}: partial_rotary_factor={partial} is not supported; {arch} rotates whole heads"
     )
   theta = params.get("rope_theta", hf.get("rope_theta", _DEFAULTS[arch]["rope_theta"]))
   keys = dict(rope_theta=float(theta), rope_scaling=_ROPE_TYPES[rope_type])

@@ -8,7 +8,7 @@ from ml_collections import config_dict
 
 from nopejax import specs
 from nopejax.model import patterns
-from nopejax.model.schemes import SCHEMES, xpos
+from nopejax.model.schemes import SCHEMES, rope, xpos
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INPUT_POSITIONS = ("none", "learned", "sinusoidal")
@@ -298,8 +298,6 @@ def _check_schemes(cfg, schemes, attention_impl):
 def _rope_scaling(cfg):
   """RoPE context extension fields of ModelSpec (schemes/rope.py), all checked whatever the type
   (eval.rope_scaling may pick another type that reads them)."""
-  from nopejax.model.schemes import rope  # the SCHEMES import above has already loaded it
-
   get = cfg.get
   # abs(v) < inf is False for NaN and infinities: finite numbers only.
   number = lambda v: (

@@ -42,7 +42,8 @@ def rope_frequencies(
   truncate=True,
 ):
   """Inverse frequencies [rotary_dim / 2] and a factor on cos/sin, for a context `factor` longer
-  than `original_len`, each type as transformers 5.x computes it (modeling_rope_utils.py).
+  than `original_len`: each type as transformers 5.x computes it (modeling_rope_utils.py), but
+  ntk, which transformers has only as dynamic.
 
   linear: frequencies divided by factor (Chen et al. 2023, position interpolation). ntk: theta
   times factor^(d/(d-2)) ("NTK-aware", bloc97). dynamic (emozilla's dynamic NTK): theta times
