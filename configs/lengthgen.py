@@ -11,8 +11,9 @@ sort and summation with NoPE (the slowest scheme to fit); reverse at `lr=3e-3` (
 in three) and addition not at all; see the README's Results.
 
 Schemes are the paper's five, per-layer hybrids it could not test, and the research frontier
-(FIRE, KERPLE, xPos, CoPE, p-RoPE, NoPE with SSMax, a shared T5 table, randomized positions). Training lengths are
-the paper's (copy/reverse up to 20, the others up to 8); test splits go to 40 and 16.
+(FIRE, KERPLE, xPos, CoPE, p-RoPE, NoPE with SSMax, a shared T5 table, randomized positions).
+Training lengths are the paper's (copy/reverse up to 20, the others up to 8); test splits go to
+40 and 16.
 """
 
 from nopejax import data, experiment
