@@ -7,6 +7,7 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import checks
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,17 +222,7 @@ def _nopejax_model(seed=0, **overrides):
     )
   )
   model_cfg.update(overrides)
-  abstract = jax.eval_shape(lambda: nopejax.init(model_cfg, jax.random.key(0)))
-  rng = np.random.RandomState(seed)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path)
-    noise = rng.standard_normal(leaf.shape).astype(leaf.dtype)
-    if "scale" in name:
-      return 1.0 + 0.2 * noise
-    return noise * (1.0 if name == "['embedding']" else 0.2)
-
-  return model_cfg, jax.tree_util.tree_map_with_path(draw, abstract)
+  return model_cfg, checks.random_params(model_cfg, seed)
 
 
 SAVE_CASES = {

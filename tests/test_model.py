@@ -3,6 +3,7 @@
 import functools
 import re
 
+import checks
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -91,23 +92,6 @@ def test_forward_shapes_and_dtype(use_jit):
 # ---------------------------------------------------------------------------------------------
 
 
-def _input_jacobian_norms(cfg, params, tokens_1T):
-  """|d logits[t] / d input embedding[s]| as a [T, S] matrix.
-
-  Each position gets its own token id and the output head is untied, so the gradient with
-  respect to the embedding row of tokens[s] is exactly the gradient with respect to the input
-  vector at position s.
-  """
-  probe_V = jax.random.normal(jax.random.key(1), (cfg.vocab_size,))
-
-  def out_T(embedding_VD):
-    logits_BTV = nopejax.forward(cfg, dict(params, embedding=embedding_VD), tokens_1T)
-    return logits_BTV[0] @ probe_V
-
-  jac_TVD = jit(jax.jacrev(out_T))(params["embedding"])
-  return np.abs(np.asarray(jac_TVD)[:, np.asarray(tokens_1T[0])]).sum(-1)
-
-
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("window", WINDOWS)
 def test_causality_by_gradients(window, path):
@@ -123,7 +107,7 @@ def test_causality_by_gradients(window, path):
   )
   params = params_for(cfg)
   tokens = jax.random.permutation(jax.random.key(2), cfg.vocab_size)[:T][None]
-  jac_TS = _input_jacobian_norms(cfg, params, tokens)
+  jac_TS = checks.input_jacobian_norms(cfg, params, tokens, jit)
   assert (jac_TS[np.triu_indices(T, 1)] == 0).all(), "a token sees the future"
   assert (np.diagonal(jac_TS) > 0).all()
   if window == "full":

@@ -9,6 +9,7 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import checks
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -150,21 +151,6 @@ def _model_cfg(**overrides):
   return cfg
 
 
-def _random_params(model_cfg, seed=0):
-  """Params at O(1) scale in nopejax.init's layout, drawn in numpy (an eager init is slow)."""
-  abstract = jax.eval_shape(lambda: nopejax.init(model_cfg, jax.random.key(0)))
-  rng = np.random.RandomState(seed)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path)
-    noise = rng.standard_normal(leaf.shape).astype(leaf.dtype)
-    if "scale" in name:
-      return jnp.asarray(1.0 + 0.2 * noise)
-    return jnp.asarray(noise * (1.0 if name == "['embedding']" else 0.3))
-
-  return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
 def _tokens(length, seed=0):
   return np.random.RandomState(seed).randint(0, VOCAB, (2, length))
 
@@ -189,7 +175,7 @@ def test_a_smollm3_pattern_with_sliding_rope_layers_scales_only_the_full_ones():
   yarn = _model_cfg(
     positions=positions, rope_scaling="yarn", rope_scaling_factor=4.0, rope_original_len=8
   )
-  params = _random_params(base)
+  params = checks.random_params(base, spread=0.3)
   tokens = _tokens(24)
 
   def zero_queries(blocks):
@@ -226,7 +212,7 @@ def test_a_yarn_model_trains_one_step():
     value, grads = jax.value_and_grad(loss)(params)
     return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), value, optax.tree.norm(grads)
 
-  params = _random_params(cfg.model)
+  params = checks.random_params(cfg.model, spread=0.3)
   new, value, grad_norm = sgd_step(params)
   assert np.isfinite(float(value)) and float(grad_norm) > 0
   assert float(jax.jit(loss)(new)) < float(value)
@@ -416,7 +402,7 @@ SAVE_CASES = {
 def test_exported_scaling_loads_in_transformers_with_the_same_logits(case, tmp_path):
   overrides, architecture = SAVE_CASES[case]
   model_cfg = _model_cfg(**overrides)
-  params = _random_params(model_cfg)
+  params = checks.random_params(model_cfg, spread=0.3)
   hf.save(tmp_path, model_cfg, params)
   assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [architecture]
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
