@@ -1,6 +1,7 @@
 """The `model` config group, its validation, and the resolved static ModelSpec."""
 
 import dataclasses
+import math
 
 import jax.numpy as jnp
 import ml_collections
@@ -263,6 +264,11 @@ def resolve(cfg):
   )
 
 
+def _number(value):
+  """A finite int or float, not a bool (abs(v) < inf is False for NaN and infinities)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < math.inf
+
+
 def _check_schemes(cfg, schemes, attention_impl):
   """The parameters of the schemes the layers use; unused ones are not checked."""
   get = cfg.get
@@ -285,12 +291,12 @@ def _check_schemes(cfg, schemes, attention_impl):
   if "prope" in schemes:
     p = get("prope_fraction", 0.75)
     specs.check(
-      isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0,
+      _number(p) and 0.0 <= p <= 1.0,
       f"model.prope_fraction: expected a share in [0, 1] of the frequencies that rotate, got {p!r}",
     )
   ssmax = get("ssmax_init", 0.43)
   specs.check(
-    isinstance(ssmax, (int, float)) and not isinstance(ssmax, bool) and ssmax > 0,
+    _number(ssmax) and ssmax > 0,
     f"model.ssmax_init: expected a positive number, got {ssmax!r}",
   )
 
@@ -299,14 +305,11 @@ def _rope_scaling(cfg):
   """RoPE context extension fields of ModelSpec (schemes/rope.py), all checked whatever the type
   (eval.rope_scaling may pick another type that reads them)."""
   get = cfg.get
-  # abs(v) < inf is False for NaN and infinities: finite numbers only.
-  number = lambda v: (
-    isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
-  )
+
   scaling = specs.choice(get("rope_scaling", "none"), rope.ROPE_SCALINGS, "model.rope_scaling")
   factor = get("rope_scaling_factor", 1.0)
   specs.check(
-    number(factor) and factor >= 1,
+    _number(factor) and factor >= 1,
     f"model.rope_scaling_factor: expected a number >= 1, got {factor!r}",
   )
   original = get("rope_original_len", 0)
@@ -333,7 +336,7 @@ def _rope_scaling(cfg):
   for key in ("yarn_mscale", "yarn_mscale_all_dim"):
     value = get(key, 0.0)
     specs.check(
-      number(value) and value >= 0, f"model.{key}: expected a number >= 0 (0: off), got {value!r}"
+      _number(value) and value >= 0, f"model.{key}: expected a number >= 0 (0: off), got {value!r}"
     )
   attention_factor = get("yarn_attention_factor", None)
   if attention_factor is not None:

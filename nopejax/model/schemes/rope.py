@@ -172,11 +172,8 @@ class RoPE(base.Scheme):
       # As transformers' dynamic_rope_update: the length is this call's (one decoding step's
       # keys are rotated once, at their own length, before the cache stores them).
       options["seq_len"] = jnp.max(keys.q_pos_BT) + 1
-    inv_freq_R, attn_factor = rope_frequencies(spec.rope_dim, spec.rope_theta, **options)
-    return (
-      rotate(q_BTNH, angles(keys.q_pos_BT, inv_freq_R), spec.rope_dim, attn_factor),
-      rotate(k_BSKH, angles(keys.k_pos_BS, inv_freq_R), spec.rope_dim, attn_factor),
-    )
+    kw = dict(theta=spec.rope_theta, rotary_dim=spec.rope_dim, **options)
+    return rope(q_BTNH, keys.q_pos_BT, **kw), rope(k_BSKH, keys.k_pos_BS, **kw)
 
 
 ROPE = RoPE("rope", rotary=True)
