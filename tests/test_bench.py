@@ -29,6 +29,8 @@ KEYS = (
   "compile_s",
   "flops_per_token",
   "mfu",
+  "mfu_full_attention",
+  "flops_per_token_full_attention",
   "peak_flops",
   "peak_source",
   "peak_memory_bytes",
@@ -83,7 +85,43 @@ def test_bench_command_on_tiny_prints_every_key():
   ]
   cfg = tiny.get_config()
   cfg.model.update(positions="smollm3", num_layers=4)
-  assert result["flops_per_token"] == bench.flops_per_token(_model_spec(cfg), 32)
+  spec = _model_spec(cfg)
+  assert result["flops_per_token"] == bench.flops_per_token(spec, 32)
+  # Full attention counts 32 keys per query where the causal count has 16.5 (4 layers).
+  full = result["flops_per_token"] + 4 * 12 * spec.num_heads * spec.head_dim * (32 - 16.5)
+  assert result["flops_per_token_full_attention"] == pytest.approx(full)
+  assert result["mfu_full_attention"] / result["mfu"] == pytest.approx(
+    full / result["flops_per_token"]
+  )
+
+
+def test_decode_bench_against_transformers_generate():
+  """`--decode --compare_torch`: both sides' prefill and per-token rates, and greedy tokens equal
+  to transformers' generate on the same weights, with a prompt longer than the prefill chunk."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  proc = run(
+    "-m",
+    "nopejax.bench",
+    "--config=configs/tiny.py",
+    "--config.model.positions=smollm3",
+    "--config.model.num_layers=4",
+    "--decode",
+    "--compare_torch",
+    "--decode_batch=2",
+    "--prompt_len=16",
+    "--new_tokens=6",
+    "--prefill_chunk=8",
+  )
+  result = last_json(proc)
+  for side in (result, result["torch"]):
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "tokens_per_s", "decode_step_s"):
+      assert side[key] > 0, key
+  assert result["tokens_equal"] == 1.0 and result["prefill_chunk"] == 8
+  assert math.isclose(
+    result["jax_over_torch"], result["tokens_per_s"] / result["torch"]["tokens_per_s"]
+  )
+  assert "tokens equal 100.0%" in proc.stdout
 
 
 def test_compare_torch_reports_both_and_the_ratio():

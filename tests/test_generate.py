@@ -79,8 +79,56 @@ def test_cached_greedy_equals_recompute(positions, windows, extra):
   assert got.tolist() == want
 
 
+@pytest.mark.parametrize("windows", ["full", "sliding:3", "chunked:4"])
+def test_chunked_prefill_equals_recompute(windows):
+  """Prompts longer than `prefill_chunk` are prefilled 4 tokens at a time: later chunks attend to
+  the cache plus themselves (written in place on full layers, merged into the ring on windowed
+  ones), over two repeats of the period, so the carried cache's per-repeat slots are exercised."""
+  cfg = tiny(positions="nope,rope,alibi,t5", windows=windows, num_layers=8)
+  params = nopejax.init(cfg, jax.random.key(2))
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(0, 64, n).tolist() for n in (3, 13, 9)]
+  got = decode.generate(cfg, params, prompts, 6, prefill_chunk=4)
+  assert got.tolist() == decode.generate(cfg, params, prompts, 6).tolist()
+  assert got.tolist() == [recompute_greedy(cfg, params, p, 6) for p in prompts]
+
+
+def test_decode_donates_the_cache_and_returns_it_updated():
+  """The decode loop takes the prefill's cache buffers (donated, so XLA writes the slots in
+  place) and hands back the cache after the last token."""
+  cfg = tiny(positions="nope,rope@sliding:3", num_layers=4)
+  spec = config_lib.resolve(cfg)
+  params = nopejax.init(cfg, jax.random.key(0))
+  tokens, positions, segments = decode.left_pad(_prompts(), 0, 4)
+  cache_len = tokens.shape[1] + 4
+  last_BV, cache = decode.prefill(
+    params, tokens, positions, segments, spec=spec, cache_len=cache_len, chunk=4
+  )
+  out_BN, after = decode.decode(
+    params,
+    cache,
+    jnp.argmax(last_BV, -1).astype(jnp.int32),
+    jnp.asarray(positions[:, -1] + 1),
+    jnp.int32(tokens.shape[1]),
+    jax.random.split(jax.random.key(0), 4),
+    spec=spec,
+    cache_len=cache_len,
+    temperature=0.0,
+  )
+  assert out_BN.shape == (3, 4)
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves(cache))
+  # 4 tokens fed at indices P..P+3: a full layer's slot i holds token i, a ring the last 3.
+  full_idx = after["layers"]["block_0"]["attn"]["idx"][0]
+  np.testing.assert_array_equal(full_idx, np.arange(cache_len))
+  ring_idx = after["layers"]["block_1"]["attn"]["idx"][0]
+  assert ring_idx.tolist() == [
+    i for i in sorted(range(cache_len - 3, cache_len), key=lambda i: i % 3)
+  ]
+
+
 def test_cache_holds_a_window_per_layer():
-  """A full layer keeps every token, a sliding or chunked one W slots."""
+  """A full layer keeps every token, a sliding or chunked one W slots ([repeats, B, K, slots, H]:
+  heads before slots, the layout the decoding step's dots read in place)."""
   cfg = tiny(positions="nope@sliding:3,rope@chunked:4,alibi,t5", num_layers=4)
   spec = config_lib.resolve(cfg)
   params = nopejax.init(cfg, jax.random.key(0))
@@ -94,7 +142,7 @@ def test_cache_holds_a_window_per_layer():
   )
   blocks = state["cache"]["layers"]
   slots = [blocks[f"block_{i}"]["attn"]["k"].shape for i in range(4)]
-  assert slots == [(1, 2, 3, 2, 8), (1, 2, 4, 2, 8), (1, 2, 20, 2, 8), (1, 2, 20, 2, 8)]
+  assert slots == [(1, 2, 2, 3, 8), (1, 2, 2, 4, 8), (1, 2, 2, 20, 8), (1, 2, 2, 20, 8)]
 
 
 def test_sampling():

@@ -85,8 +85,10 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
   # (30% less time in a CPU attention layer's forward and backward).
   mask_BTS = jnp.where(allowed_BTS, 0.0, NEG_INF)
   probs_BKGTS = jax.nn.softmax(logits_BKGTS + mask_BTS[:, None, None], axis=-1)
-  out_BTKGH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
-  return out_BTKGH.reshape(B, T, N, H)
+  # Heads-major output, transposed after: XLA then runs probs @ values per (b, k), the layout
+  # its CPU dot kernels take without transposing the values (or a decoding cache) first.
+  out_BKGTH = jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  return jnp.transpose(out_BKGTH, (0, 3, 1, 2, 4)).reshape(B, T, N, H)
 
 
 def xla(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):

@@ -127,27 +127,32 @@ class Attention(nn.Module):
       y_BTNH += b_NH.astype(s.dtype)[None, None]
     return y_BTNH
 
-  def _cached(self, k_BTKH, v_BTKH, keys):
-    """Stores this call's keys in the layer's cache; returns what to attend to (kv_cache.py)."""
+  def _cached(self, k_BTKH, v_BTKH, keys, repeat):
+    """Stores this call's keys in the layer's cache; returns what to attend to (kv_cache.py).
+
+    repeat None: the cache holds this layer alone (the prefill creates it so, stacked over the
+    scan). Otherwise it holds all `spec.repeats` layers of this block, carried through the scan
+    whole, and the layer is the `repeat`-th: the new tokens are written into the stack in place."""
     s = self.spec
     fresh = not self.has_variable("cache", "k")
-    empty = kv_cache.empty(
-      k_BTKH.shape[0],
-      kv_cache.slots(self.layer, self.cache_len),
-      s.num_kv_heads,
-      s.head_dim,
-      s.dtype,
-    )
+    num_slots = kv_cache.slots(self.layer, self.cache_len)
+    empty = kv_cache.empty(k_BTKH.shape[0], num_slots, s.num_kv_heads, s.head_dim, s.dtype)
     cache = {n: self.variable("cache", n, lambda x=x: x) for n, x in empty.items()}
     k_BSKH, v_BSKH, keys, stored = kv_cache.attend_and_store(
-      {n: c.value for n, c in cache.items()}, k_BTKH, v_BTKH, keys, fresh=fresh
+      {n: c.value for n, c in cache.items()},
+      k_BTKH,
+      v_BTKH,
+      keys,
+      fresh=fresh,
+      ring=num_slots < self.cache_len,
+      repeat=repeat,
     )
     for n, c in cache.items():
       c.value = stored[n]
     return k_BSKH, v_BSKH, keys
 
   @nn.compact
-  def __call__(self, x_BTD, keys, shared):
+  def __call__(self, x_BTD, keys, shared, repeat=None):
     s, layer = self.spec, self.layer
     q_BTNH = checkpoint_name(self._proj("q", x_BTD, s.num_heads, "heads"), "query")
     k_BSKH = checkpoint_name(self._proj("k", x_BTD, s.num_kv_heads, "kv_heads"), "key")
@@ -160,7 +165,7 @@ class Attention(nn.Module):
     q_BTNH = scaling.scale_queries(self, s, layer.query_scaling, q_BTNH, keys)
     q_BTNH = q_BTNH * s.head_dim**-0.5
     if self.cache_len:
-      k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys)
+      k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys, repeat)
     bias_fn = scheme.bias_fn(self, s, shared)
     context = attention.context_axis(x_BTD.shape[1])
     impl = path_for(
@@ -220,12 +225,13 @@ class Block(nn.Module):
   documents: bool = True  # rows may pack several documents (segment ids matter)
 
   @nn.compact
-  def __call__(self, x_BTD, context):
+  def __call__(self, x_BTD, context, repeat=None):
     idx_T, pos_BT, seg_BT, shared = context
     window = attention.Window(self.layer.window, self.layer.window_size)
     keys = attention.Keys(idx_T, idx_T, pos_BT, pos_BT, seg_BT, seg_BT, window, self.documents)
     h_BTD = RMSNorm(self.spec, name="attn_norm")(x_BTD)
-    x_BTD += Attention(self.spec, self.layer, self.cache_len, name="attn")(h_BTD, keys, shared)
+    attn = Attention(self.spec, self.layer, self.cache_len, name="attn")
+    x_BTD += attn(h_BTD, keys, shared, repeat)
     h_BTD = RMSNorm(self.spec, name="mlp_norm")(x_BTD)
     x_BTD += MLP(self.spec, name="mlp")(h_BTD)
     return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
@@ -239,7 +245,7 @@ class Period(nn.Module):
   documents: bool = True
 
   @nn.compact
-  def __call__(self, x_BTD, context):
+  def __call__(self, x_BTD, context, repeat=None):
     block_cls = Block
     if self.spec.remat != "none" and self.spec.remat_scope == "block":
       # prevent_cse's barriers keep XLA from recomputing the period's blocks together (v5e, 8
@@ -249,7 +255,7 @@ class Period(nn.Module):
       block_cls = nn.remat(Block, policy=REMAT[self.spec.remat], prevent_cse=True)
     for i, layer in enumerate(self.spec.period):
       block = block_cls(self.spec, layer, self.cache_len, self.documents, name=f"block_{i}")
-      x_BTD = block(x_BTD, context)
+      x_BTD = block(x_BTD, context, repeat)
     return x_BTD, None
 
 
@@ -309,15 +315,24 @@ class Decoder(nn.Module):
     if s.t5_shared and any(t.scheme == "t5" for t in s.layers):
       shared["t5_bias"] = t5.t5_table(self, s)
     context = (indices_T, positions_BT, segment_ids_BT, shared)
-    x_BTD, _ = nn.scan(
+    scan = functools.partial(
+      nn.scan,
       period,
-      variable_axes={"params": 0, "cache": 0},
       split_rngs={"params": True},
-      in_axes=nn.broadcast,
       length=s.repeats,
       unroll=min(s.scan_unroll, s.repeats),
       metadata_params={nn.PARTITION_NAME: "layers"},
-    )(s, self.cache_len, documents, name="layers")(x_BTD, context)
+    )
+    if self.cache_len and self.has_variable("cache", "layers"):
+      # Decoding on a filled cache: it is the scan's carry, whole, and each period writes its
+      # repeat's slots in place. Scanned over (sliced in, stacked out), XLA would copy every
+      # layer's cache on every step.
+      layers = scan(variable_axes={"params": 0}, variable_carry="cache", in_axes=(nn.broadcast, 0))
+      args = (context, jnp.arange(s.repeats, dtype=jnp.int32))
+    else:
+      layers = scan(variable_axes={"params": 0, "cache": 0}, in_axes=nn.broadcast)
+      args = (context,)
+    x_BTD, _ = layers(s, self.cache_len, documents, name="layers")(x_BTD, *args)
 
     if shards > 1:
       x_BTD = x_BTD[:, np.argsort(order_T)]

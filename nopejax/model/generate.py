@@ -1,4 +1,9 @@
-"""Generation with a KV cache: one prefill pass over the prompts, then a `lax.scan` of steps.
+"""Generation with a KV cache: a prefill of the prompts, then a `lax.scan` of decoding steps.
+
+Two jitted programs. `prefill` runs the prompts through the model (longer ones `PREFILL_CHUNK`
+tokens at a time, each chunk attending to the cache so far plus itself); `decode` takes that
+cache donated, carries it through the steps and through the layer scan whole, and writes each
+step's slot in place (kv_cache.py), so a step copies no cache.
 
 The model is the training Decoder with `cache_len > 0`: each Attention layer keeps its keys and
 values in a Flax 'cache' collection (layout in kv_cache.py: every token for a full layer, a ring
@@ -20,6 +25,8 @@ import numpy as np
 
 from nopejax.model import decoder
 from nopejax.model import spec as spec_lib
+
+PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: attention logits of [chunk, cache length]
 
 
 def left_pad(prompts, pad_id, multiple=16):
@@ -43,18 +50,50 @@ def _pick(logits_BV, rng, temperature):
   return jax.random.categorical(rng, logits_BV / temperature, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "max_new_tokens", "temperature"))
-def _generate(
-  params, tokens_BP, positions_BP, segments_BP, rng, *, spec, max_new_tokens, temperature
-):
+@functools.partial(jax.jit, static_argnames=("spec", "cache_len", "chunk"))
+def prefill(params, tokens_BP, positions_BP, segments_BP, *, spec, cache_len, chunk):
+  """(logits [B, V] after the last prompt token, the filled cache), `chunk` tokens per pass.
+
+  The first chunk is the ordinary forward pass; each later one attends to the cache plus itself
+  (a `lax.scan`), so attention holds [chunk, cache_len] logits, never [P, P]. P must be a
+  multiple of `chunk` when it is longer (left_pad pads it so)."""
   B, P = tokens_BP.shape
-  # The last generated token is never fed back, so the cache needs one slot fewer.
-  model = decoder.Decoder(spec, cache_len=P + max_new_tokens - 1)
-  logits_BPV, state = model.apply(
-    {"params": params}, tokens_BP, positions_BP, segments_BP, mutable=["cache"]
+  model = decoder.Decoder(spec, cache_len=cache_len)
+  chunk = min(chunk, P)
+  first = lambda a: a[:, :chunk]
+  logits_BCV, state = model.apply(
+    {"params": params}, *map(first, (tokens_BP, positions_BP, segments_BP)), mutable=["cache"]
   )
-  rng_N = jax.random.split(rng, max_new_tokens)
-  first_B = _pick(logits_BPV[:, -1], rng_N[0], temperature)
+  if chunk == P:
+    return logits_BCV[:, -1], state["cache"]
+  rest = lambda a: jnp.moveaxis(a[:, chunk:].reshape(B, -1, chunk), 1, 0)
+
+  def one_chunk(cache, xs):
+    tokens_BC, positions_BC, segments_BC, indices_C = xs
+    logits_BCV, state = model.apply(
+      {"params": params, "cache": cache},
+      tokens_BC,
+      positions_BC,
+      segments_BC,
+      indices_C,
+      mutable=["cache"],
+    )
+    return state["cache"], logits_BCV[:, -1]
+
+  indices_NC = jnp.arange(chunk, P, dtype=jnp.int32).reshape(-1, chunk)
+  xs = (*map(rest, (tokens_BP, positions_BP, segments_BP)), indices_NC)
+  cache, last_NBV = jax.lax.scan(one_chunk, state["cache"], xs)
+  return last_NBV[-1], cache
+
+
+@functools.partial(
+  jax.jit, static_argnames=("spec", "cache_len", "temperature"), donate_argnames=("cache",)
+)
+def decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temperature):
+  """(int32 [B, N], the cache): token_B (the prompt's next token) fed back N times, one cache
+  slot written in place per step; the cache buffers are donated and come back updated."""
+  B = token_B.shape[0]
+  model = decoder.Decoder(spec, cache_len=cache_len)
 
   def step(carry, rng):
     cache, token_B, pos_B, index = carry
@@ -69,36 +108,60 @@ def _generate(
     next_B = _pick(logits_B1V[:, 0], rng, temperature)
     return (state["cache"], next_B, pos_B + 1, index + 1), next_B
 
-  carry = (state["cache"], first_B, positions_BP[:, -1] + 1, jnp.int32(P))
-  _, rest_NB = jax.lax.scan(step, carry, rng_N[1:])
-  return jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
+  (cache, *_), out_NB = jax.lax.scan(step, (cache, token_B, pos_B, index), rng_N)
+  return out_NB.T, cache
 
 
 def generate(
-  model_cfg, params, prompts, max_new_tokens, *, temperature=0.0, rng=None, pad_id=0, multiple=16
+  model_cfg,
+  params,
+  prompts,
+  max_new_tokens,
+  *,
+  temperature=0.0,
+  rng=None,
+  pad_id=0,
+  multiple=16,
+  prefill_chunk=PREFILL_CHUNK,
 ):
   """int32 [B, max_new_tokens]: tokens sampled after each prompt (a list of token-id lists).
 
   temperature 0 is greedy. Generation runs the full `max_new_tokens` (fixed shapes); cut each
-  row at its eos. Prompts of different lengths are left-padded (see the module docstring).
+  row at its eos. Prompts of different lengths are left-padded (see the module docstring);
+  prompts longer than `prefill_chunk` are padded to a multiple of it and prefilled a chunk at a
+  time.
   """
   spec = spec_lib.resolve(model_cfg)
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens}")
   if temperature < 0:
     raise ValueError(f"temperature: expected >= 0, got {temperature}")
+  if prefill_chunk < 1:
+    raise ValueError(f"prefill_chunk: expected a positive integer, got {prefill_chunk}")
   longest = max(len(p) for p in prompts) + max_new_tokens - 1
   spec.check_length(longest, f"length {longest} (prompt + generated)")
+  if max(len(p) for p in prompts) > prefill_chunk:
+    multiple = prefill_chunk
   tokens, positions, segments = left_pad(prompts, pad_id, multiple)
-  rng = jax.random.key(0) if rng is None else rng
-  out = _generate(
+  P = tokens.shape[1]
+  # The last generated token is never fed back, so the cache needs one slot fewer.
+  cache_len = P + max_new_tokens - 1
+  rng_N = jax.random.split(jax.random.key(0) if rng is None else rng, max_new_tokens)
+  last_BV, cache = prefill(
+    params, tokens, positions, segments, spec=spec, cache_len=cache_len, chunk=prefill_chunk
+  )
+  first_B = _pick(last_BV, rng_N[0], temperature)
+  if max_new_tokens == 1:
+    return np.asarray(first_B)[:, None]
+  rest_BN, _ = decode(
     params,
-    tokens,
-    positions,
-    segments,
-    rng,
+    cache,
+    first_B,
+    jnp.asarray(positions[:, -1] + 1),
+    jnp.int32(P),
+    rng_N[1:],
     spec=spec,
-    max_new_tokens=int(max_new_tokens),
+    cache_len=cache_len,
     temperature=float(temperature),
   )
-  return np.asarray(out)
+  return np.concatenate([np.asarray(first_B)[:, None], np.asarray(rest_BN)], axis=1)

@@ -14,6 +14,7 @@ vector while positions and segments are per row.
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,41 +30,87 @@ def slots(layer, cache_len):
 
 def empty(batch, num_slots, kv_heads, head_dim, dtype):
   return {
-    "k": jnp.zeros((batch, num_slots, kv_heads, head_dim), dtype),
-    "v": jnp.zeros((batch, num_slots, kv_heads, head_dim), dtype),
+    "k": jnp.zeros((batch, kv_heads, num_slots, head_dim), dtype),
+    "v": jnp.zeros((batch, kv_heads, num_slots, head_dim), dtype),
     "idx": jnp.full((num_slots,), EMPTY, jnp.int32),
     "pos": jnp.zeros((batch, num_slots), jnp.int32),
     "seg": jnp.zeros((batch, num_slots), jnp.int32),
   }
 
 
-def attend_and_store(cache, k_BTKH, v_BTKH, keys, *, fresh):
+SLOT_AXIS = {"k": 2, "v": 2, "idx": 0, "pos": 1, "seg": 1}
+
+
+def _write(name, array, x, start, repeat):
+  """`x` written into the cache's `name` array from slot `start` on (into layer `repeat` of a
+  stacked cache)."""
+  at = [jnp.int32(0)] * array.ndim
+  if repeat is not None:
+    at[0], x = repeat, x[None]
+  at[SLOT_AXIS[name] + (repeat is not None)] = start
+  return jax.lax.dynamic_update_slice(array, x, at)
+
+
+def _heads_last(x_BKSH):
+  """The attention paths' [B, S, K, H] view of a cache array. The cache keeps heads before
+  slots, the layout the decoding step's dots read without a transpose of the whole cache."""
+  return jnp.swapaxes(x_BKSH, 1, 2)
+
+
+def attend_and_store(cache, k_BTKH, v_BTKH, keys, *, fresh, ring, repeat=None):
   """(keys and values to attend to, their Keys, the updated cache) for this call's T tokens.
 
-  A fresh cache (prefill) attends to the new tokens alone, the ordinary forward pass; otherwise
-  the new tokens attend to the cache as it was plus themselves. A slot about to be overwritten
-  holds a token W or more indices back, which the window masks anyway. Then the last
-  min(T, slots) tokens are written to their slots.
+  A fresh cache (prefill) attends to the new tokens alone, the ordinary forward pass. Otherwise,
+  when the new tokens' slots are contiguous and overwrite nothing they attend to (one decoding
+  step, or any T when the layer is no ring: `ring=False`, a slot for every token), they are
+  written first, one `dynamic_update_slice` per array that XLA does in place, and attend to the
+  cache itself: a slot a step overwrites holds the token W indices back, which a window of W
+  masks anyway. Only a multi-token call on a ring (a chunked prefill of a sliding or chunked
+  layer) attends to the cache as it was plus itself, then writes its last min(T, slots) tokens.
+  `repeat` not None: `cache` stacks every repeat of the layer on axis 0 and this is one of them.
   """
+  layer = lambda c: c if repeat is None else jax.lax.dynamic_index_in_dim(c, repeat, 0, False)
+  num_slots = cache["idx"].shape[-1]
+  T = k_BTKH.shape[1]
+  new = {
+    "k": jnp.swapaxes(k_BTKH, 1, 2).astype(cache["k"].dtype),
+    "v": jnp.swapaxes(v_BTKH, 1, 2).astype(cache["v"].dtype),
+    "idx": keys.q_idx_T,
+    "pos": keys.q_pos_BT,
+    "seg": keys.q_seg_BT,
+  }
+  if not fresh and (T == 1 or not ring):
+    start = keys.q_idx_T[0] % num_slots
+    # The barrier keeps XLA from rewriting the read-back as a second update of a cache copy.
+    stored = jax.lax.optimization_barrier(
+      {n: _write(n, cache[n], x, start, repeat) for n, x in new.items()}
+    )
+    now = {n: layer(x) for n, x in stored.items()}
+    keys = dataclasses.replace(keys, k_idx_S=now["idx"], k_pos_BS=now["pos"], k_seg_BS=now["seg"])
+    return _heads_last(now["k"]), _heads_last(now["v"]), keys, stored
+  was = {n: layer(x) for n, x in cache.items()}
   if fresh:
     k_all, v_all = k_BTKH, v_BTKH
   else:
-    k_all = jnp.concatenate([cache["k"], k_BTKH.astype(cache["k"].dtype)], axis=1)
-    v_all = jnp.concatenate([cache["v"], v_BTKH.astype(cache["v"].dtype)], axis=1)
+    k_all = _heads_last(jnp.concatenate([was["k"], new["k"]], axis=2))
+    v_all = _heads_last(jnp.concatenate([was["v"], new["v"]], axis=2))
     keys = dataclasses.replace(
       keys,
-      k_idx_S=jnp.concatenate([cache["idx"], keys.q_idx_T]),
-      k_pos_BS=jnp.concatenate([cache["pos"], keys.q_pos_BT], axis=1),
-      k_seg_BS=jnp.concatenate([cache["seg"], keys.q_seg_BT], axis=1),
+      k_idx_S=jnp.concatenate([was["idx"], keys.q_idx_T]),
+      k_pos_BS=jnp.concatenate([was["pos"], keys.q_pos_BT], axis=1),
+      k_seg_BS=jnp.concatenate([was["seg"], keys.q_seg_BT], axis=1),
     )
-  num_slots = cache["idx"].shape[0]
-  n = min(k_BTKH.shape[1], num_slots)
+  n = min(T, num_slots)
   slot_n = keys.q_idx_T[-n:] % num_slots
   stored = {
-    "k": cache["k"].at[:, slot_n].set(k_BTKH[:, -n:].astype(cache["k"].dtype)),
-    "v": cache["v"].at[:, slot_n].set(v_BTKH[:, -n:].astype(cache["v"].dtype)),
-    "idx": cache["idx"].at[slot_n].set(keys.q_idx_T[-n:]),
-    "pos": cache["pos"].at[:, slot_n].set(keys.q_pos_BT[:, -n:]),
-    "seg": cache["seg"].at[:, slot_n].set(keys.q_seg_BT[:, -n:]),
+    "k": was["k"].at[:, :, slot_n].set(new["k"][:, :, -n:]),
+    "v": was["v"].at[:, :, slot_n].set(new["v"][:, :, -n:]),
+    "idx": was["idx"].at[slot_n].set(keys.q_idx_T[-n:]),
+    "pos": was["pos"].at[:, slot_n].set(keys.q_pos_BT[:, -n:]),
+    "seg": was["seg"].at[:, slot_n].set(keys.q_seg_BT[:, -n:]),
   }
+  if repeat is not None:
+    stored = {
+      n: jax.lax.dynamic_update_index_in_dim(cache[n], x, repeat, 0) for n, x in stored.items()
+    }
   return k_all, v_all, keys, stored

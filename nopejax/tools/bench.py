@@ -12,7 +12,10 @@ FLOPs per token (useful work, counted the way PaLM's appendix B does, but honest
 The head counts whether or not it is tied: its matmul is computed either way; the input lookup
 is not a matmul and does not count. A causal row of length T attends (T + 1) / 2 keys on
 average, a sliding window W min(t + 1, W) at query t, a chunk W (t mod W) + 1: masked-out work
-is not counted, so the figure does not reward computing it.
+is not counted, so the figure does not reward computing it. For a causal layer that is
+MaxText's convention since 2025 (causal attention halved); `mfu_full_attention` and
+`flops_per_token_full_attention` count every query against all T keys instead (PaLM's
+12 * layers * heads * head_dim * T, masks ignored), the convention of older MFU tables.
 """
 
 import resource
@@ -73,10 +76,13 @@ def matmul_params(spec):
   return spec.num_layers * (attn + mlp) + spec.d_model * spec.vocab_size
 
 
-def flops_per_token(spec, length):
-  """Training FLOPs per token (forward + backward), see the module docstring."""
+def flops_per_token(spec, length, masked=True):
+  """Training FLOPs per token (forward + backward), see the module docstring. masked=False:
+  every query attends to all `length` keys, whatever its mask (PaLM's count, which MaxText used
+  before it halved causal attention in 2025)."""
   attn = sum(
-    12 * spec.num_heads * spec.head_dim * attended_keys(layer, length) for layer in spec.layers
+    12 * spec.num_heads * spec.head_dim * (attended_keys(layer, length) if masked else length)
+    for layer in spec.layers
   )
   return 6 * matmul_params(spec) + attn
 
@@ -257,6 +263,7 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
   step_times = time_interleaved(steppers, steps, warmup)
 
   flops = flops_per_token(spec, seq_len)
+  flops_full = flops_per_token(spec, seq_len, masked=False)
 
   def report(step_s, compile_s):
     return {
@@ -264,7 +271,9 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
       "step_s": step_s,
       "compile_s": compile_s,
       "flops_per_token": flops,
+      "flops_per_token_full_attention": flops_full,
       "mfu": tokens / step_s * flops / peak_total,
+      "mfu_full_attention": tokens / step_s * flops_full / peak_total,
     }
 
   result = report(step_times[0], ours.compile_s)
