@@ -32,6 +32,9 @@ COVERED_ELSEWHERE = {
   "python -m nopejax.bench_checkpoint": (
     "tests/test_storage.py::test_bench_checkpoint_reports_blocking_times"
   ),
+  "python -m nopejax.bench --config=configs/bench_cpu.py --decode": (
+    "tests/test_bench.py::test_decode_bench_against_transformers_generate"
+  ),
   "python -m nopejax.bench --config=configs/bench_cpu.py": (
     "tests/test_bench.py::test_compare_torch_reports_both_and_the_ratio"
   ),

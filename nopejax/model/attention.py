@@ -68,12 +68,25 @@ class Keys:
 BiasFn = Bias | Callable[[jax.Array, jax.Array], jax.Array] | None
 
 
+def joined(x_BSKH):
+  """One array of keys (or values) from `reference`'s parts, for the paths that take one."""
+  return jnp.concatenate(x_BSKH, axis=1) if isinstance(x_BSKH, tuple) else x_BSKH
+
+
 def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
-  """Plain einsum attention with an fp32 softmax: the definition the other paths must match."""
+  """Plain einsum attention with an fp32 softmax: the definition the other paths must match.
+
+  Keys and values may come as tuples of parts along S (a decoding step's cache and its new
+  token, kv_cache.py): each part is scored and read apart, and the parts meet only in the
+  softmax, so no [B, S, K, H] concatenation is built."""
+  k_parts = k_BSKH if isinstance(k_BSKH, tuple) else (k_BSKH,)
+  v_parts = v_BSKH if isinstance(v_BSKH, tuple) else (v_BSKH,)
   B, T, N, H = q_BTNH.shape
-  K = k_BSKH.shape[2]
+  K = k_parts[0].shape[2]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  logits_BKGTS = _einsum32("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH)
+  logits_BKGTS = jnp.concatenate(
+    [_einsum32("BTKGH,BSKH->BKGTS", q_BTKGH, k) for k in k_parts], axis=-1
+  )
   allowed_BTS = keys.mask()
   if isinstance(bias_fn, ContentBias):
     logits_BKGTS += bias_fn.fn(bias_fn.params, q_BTKGH, logits_BKGTS, allowed_BTS, keys)
@@ -87,7 +100,12 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
   probs_BKGTS = jax.nn.softmax(logits_BKGTS + mask_BTS[:, None, None], axis=-1)
   # Heads-major output, transposed after: XLA then runs probs @ values per (b, k), the layout
   # its CPU dot kernels take without transposing the values (or a decoding cache) first.
-  out_BKGTH = jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH)
+  probs_BKGTS = probs_BKGTS.astype(v_parts[0].dtype)
+  ends = np.cumsum([v.shape[1] for v in v_parts])
+  out_BKGTH = sum(
+    jnp.einsum("BKGTS,BSKH->BKGTH", probs_BKGTS[..., end - v.shape[1] : end], v)
+    for v, end in zip(v_parts, ends)
+  )
   return jnp.transpose(out_BKGTH, (0, 3, 1, 2, 4)).reshape(B, T, N, H)
 
 

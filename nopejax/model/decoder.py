@@ -128,7 +128,8 @@ class Attention(nn.Module):
     return y_BTNH
 
   def _cached(self, k_BTKH, v_BTKH, keys, repeat):
-    """Stores this call's keys in the layer's cache; returns what to attend to (kv_cache.py).
+    """(keys, values, Keys to attend to, store): `store(after)` is the layer's cache with this
+    call's tokens written, put back once the attention output (`after`) exists (kv_cache.py).
 
     repeat None: the cache holds this layer alone (the prefill creates it so, stacked over the
     scan). Otherwise it holds all `spec.repeats` layers of this block, carried through the scan
@@ -137,9 +138,9 @@ class Attention(nn.Module):
     fresh = not self.has_variable("cache", "k")
     num_slots = kv_cache.slots(self.layer, self.cache_len)
     empty = kv_cache.empty(k_BTKH.shape[0], num_slots, s.num_kv_heads, s.head_dim, s.dtype)
-    cache = {n: self.variable("cache", n, lambda x=x: x) for n, x in empty.items()}
-    k_BSKH, v_BSKH, keys, stored = kv_cache.attend_and_store(
-      {n: c.value for n, c in cache.items()},
+    cache = {n: self.variable("cache", n, lambda x=x: x).value for n, x in empty.items()}
+    return kv_cache.attend_and_store(
+      cache,
       k_BTKH,
       v_BTKH,
       keys,
@@ -147,9 +148,6 @@ class Attention(nn.Module):
       ring=num_slots < self.cache_len,
       repeat=repeat,
     )
-    for n, c in cache.items():
-      c.value = stored[n]
-    return k_BSKH, v_BSKH, keys
 
   @nn.compact
   def __call__(self, x_BTD, keys, shared, repeat=None):
@@ -165,12 +163,18 @@ class Attention(nn.Module):
     q_BTNH = scaling.scale_queries(self, s, layer.query_scaling, q_BTNH, keys)
     q_BTNH = q_BTNH * s.head_dim**-0.5
     if self.cache_len:
-      k_BSKH, v_BSKH, keys = self._cached(k_BSKH, v_BSKH, keys, repeat)
+      k_BSKH, v_BSKH, keys, store = self._cached(k_BSKH, v_BSKH, keys, repeat)
     bias_fn = scheme.bias_fn(self, s, shared)
     context = attention.context_axis(x_BTD.shape[1])
     impl = path_for(
-      s, layer, x_BTD.shape[1] // context.size, key_length=k_BSKH.shape[1], documents=keys.documents
+      s,
+      layer,
+      x_BTD.shape[1] // context.size,
+      key_length=keys.k_idx_S.shape[0],
+      documents=keys.documents,
     )
+    if impl != "reference":  # a decoding step's (cache, new) parts: one array for this path
+      k_BSKH, v_BSKH = attention.joined(k_BSKH), attention.joined(v_BSKH)
     _log_path(tuple(i for i, t in enumerate(s.layers) if t == layer), str(layer), impl)
     path = attention.PATHS[impl]
     if impl == "flash":
@@ -184,6 +188,9 @@ class Attention(nn.Module):
     else:
       out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
     out_BTNH = checkpoint_name(out_BTNH, "attention_out")
+    if self.cache_len:
+      for n, x in store(out_BTNH[0, 0, 0, 0]).items():
+        self.put_variable("cache", n, x)
     w_NHD = param(
       self,
       "o",
@@ -327,7 +334,11 @@ class Decoder(nn.Module):
       # Decoding on a filled cache: it is the scan's carry, whole, and each period writes its
       # repeat's slots in place. Scanned over (sliced in, stacked out), XLA would copy every
       # layer's cache on every step.
-      layers = scan(variable_axes={"params": 0}, variable_carry="cache", in_axes=(nn.broadcast, 0))
+      layers = scan(
+        variable_axes={"params": 0},
+        variable_carry="cache",
+        in_axes=(nn.broadcast, 0),
+      )
       args = (context, jnp.arange(s.repeats, dtype=jnp.int32))
     else:
       layers = scan(variable_axes={"params": 0, "cache": 0}, in_axes=nn.broadcast)

@@ -58,15 +58,18 @@ def _heads_last(x_BKSH):
 
 
 def attend_and_store(cache, k_BTKH, v_BTKH, keys, *, fresh, ring, repeat=None):
-  """(keys and values to attend to, their Keys, the updated cache) for this call's T tokens.
+  """(keys and values to attend to, their Keys, store) for this call's T tokens, where
+  `store(after)` is the updated cache, given a scalar of the attention output (`after`).
 
-  A fresh cache (prefill) attends to the new tokens alone, the ordinary forward pass. Otherwise,
-  when the new tokens' slots are contiguous and overwrite nothing they attend to (one decoding
-  step, or any T when the layer is no ring: `ring=False`, a slot for every token), they are
-  written first, one `dynamic_update_slice` per array that XLA does in place, and attend to the
-  cache itself: a slot a step overwrites holds the token W indices back, which a window of W
-  masks anyway. Only a multi-token call on a ring (a chunked prefill of a sliding or chunked
-  layer) attends to the cache as it was plus itself, then writes its last min(T, slots) tokens.
+  A fresh cache (prefill) attends to the new tokens alone, the ordinary forward pass. Otherwise
+  the new tokens attend to the cache as it was plus themselves. When their slots are contiguous
+  (one decoding step, or any T when the layer is no ring: `ring=False`, a slot for every token)
+  keys and values come back as two parts, (cache, new), that the reference path scores apart
+  and joins in the softmax, so nothing concatenates the cache; the new tokens are written with
+  one `dynamic_update_slice` per array, which XLA does in place once the cache has been read.
+  A slot a step overwrites holds the token W indices back, which a window of W masks anyway
+  (an empty slot has index EMPTY, masked by causality). A multi-token call on a ring (a chunked
+  prefill of a sliding or chunked layer) concatenates, then writes its last min(T, slots).
   `repeat` not None: `cache` stacks every repeat of the layer on axis 0 and this is one of them.
   """
   layer = lambda c: c if repeat is None else jax.lax.dynamic_index_in_dim(c, repeat, 0, False)
@@ -79,27 +82,31 @@ def attend_and_store(cache, k_BTKH, v_BTKH, keys, *, fresh, ring, repeat=None):
     "pos": keys.q_pos_BT,
     "seg": keys.q_seg_BT,
   }
-  if not fresh and (T == 1 or not ring):
-    start = keys.q_idx_T[0] % num_slots
-    # The barrier keeps XLA from rewriting the read-back as a second update of a cache copy.
-    stored = jax.lax.optimization_barrier(
-      {n: _write(n, cache[n], x, start, repeat) for n, x in new.items()}
-    )
-    now = {n: layer(x) for n, x in stored.items()}
-    keys = dataclasses.replace(keys, k_idx_S=now["idx"], k_pos_BS=now["pos"], k_seg_BS=now["seg"])
-    return _heads_last(now["k"]), _heads_last(now["v"]), keys, stored
   was = {n: layer(x) for n, x in cache.items()}
   if fresh:
     k_all, v_all = k_BTKH, v_BTKH
   else:
-    k_all = _heads_last(jnp.concatenate([was["k"], new["k"]], axis=2))
-    v_all = _heads_last(jnp.concatenate([was["v"], new["v"]], axis=2))
     keys = dataclasses.replace(
       keys,
       k_idx_S=jnp.concatenate([was["idx"], keys.q_idx_T]),
       k_pos_BS=jnp.concatenate([was["pos"], keys.q_pos_BT], axis=1),
       k_seg_BS=jnp.concatenate([was["seg"], keys.q_seg_BT], axis=1),
     )
+    if T == 1 or not ring:
+      start = keys.q_idx_T[0] % num_slots
+
+      def store(after):
+        # Keys and values written after `after` (a scalar of the attention output) exists, so
+        # XLA sees the cache read before it is overwritten and updates it in place; without
+        # the dependency it copies each cache array to keep the old one. The added zero is
+        # exact for any finite `after` (a non-finite one has spoilt the step anyway).
+        tie = lambda x: x + jnp.zeros((), x.dtype) * after.astype(x.dtype)
+        written = {n: tie(x) if n in ("k", "v") else x for n, x in new.items()}
+        return {n: _write(n, cache[n], x, start, repeat) for n, x in written.items()}
+
+      return (_heads_last(was["k"]), k_BTKH), (_heads_last(was["v"]), v_BTKH), keys, store
+    k_all = _heads_last(jnp.concatenate([was["k"], new["k"]], axis=2))
+    v_all = _heads_last(jnp.concatenate([was["v"], new["v"]], axis=2))
   n = min(T, num_slots)
   slot_n = keys.q_idx_T[-n:] % num_slots
   stored = {
@@ -113,4 +120,4 @@ def attend_and_store(cache, k_BTKH, v_BTKH, keys, *, fresh, ring, repeat=None):
     stored = {
       n: jax.lax.dynamic_update_index_in_dim(cache[n], x, repeat, 0) for n, x in stored.items()
     }
-  return k_all, v_all, keys, stored
+  return k_all, v_all, keys, lambda after: stored
