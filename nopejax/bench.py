@@ -91,6 +91,8 @@ def main(argv):
       f"pytorch: {t['tokens_per_s']:,.0f} tokens/s, step {t['step_s'] * 1e3:.1f} ms, "
       f"MFU {t['mfu']:.3f}; nopejax/pytorch = {result['jax_over_torch']:.2f}"
     )
+  if "note" in result:
+    print(result["note"])
   print(json.dumps(result))
 
 

@@ -76,7 +76,7 @@ def test_bench_command_on_tiny_prints_every_key():
     assert key in result, key
   assert result["tokens_per_s"] > 0 and result["step_s"] > 0 and result["compile_s"] > 0
   assert 0 < result["mfu"] < 1 and result["peak_source"] == "measured fp32 matmul"
-  assert result["peak_memory_bytes"] > 0 and result["steps"] == 2
+  assert result["peak_memory_bytes"] > 0 and result["steps"] == 2 and "note" not in result
   assert result["attention"] == [
     "0:rope:reference",
     "1:rope:reference",
@@ -93,6 +93,20 @@ def test_bench_command_on_tiny_prints_every_key():
   assert result["mfu_full_attention"] / result["mfu"] == pytest.approx(
     full / result["flops_per_token"]
   )
+
+
+def test_bf16_on_cpu_says_it_does_not_help():
+  proc = run(
+    "-m",
+    "nopejax.bench",
+    "--config=configs/tiny.py",
+    "--steps=1",
+    "--warmup=1",
+    "--config.model.dtype=bfloat16",
+  )
+  result = last_json(proc)
+  assert result["dtype"] == "bfloat16" and result["note"] == bench.CPU_BF16_NOTE
+  assert "XLA's CPU dots do not reach AMX" in proc.stdout
 
 
 def test_decode_bench_against_transformers_generate():

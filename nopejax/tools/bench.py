@@ -54,6 +54,12 @@ _DEVICE_KINDS = (
 )
 
 
+CPU_BF16_NOTE = (
+  "bf16 on a CPU: XLA's CPU dots do not reach AMX or AVX512-BF16 (every XLA CPU flag tried, on "
+  "an Intel Xeon with AMX: 165-273 GFLOP/s where PyTorch's oneDNN reached 1.1-2.75 TFLOP/s), "
+  "so model.dtype=bfloat16 trains no faster than float32 here; see the README's Performance."
+)
+
 # ----------------------------------------------------------------------------- FLOPs
 
 
@@ -294,6 +300,8 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
     attention=layer_paths(spec, seq_len, documents=exp.data.pack),
     **ours.analysis(),
   )
+  if result["backend"] == "cpu" and spec.dtype == jnp.bfloat16:
+    result["note"] = CPU_BF16_NOTE
   if "xla_flops_per_step" in result:
     result["xla_flops_per_s"] = result["xla_flops_per_step"] / step_times[0]
   if compare_torch:
