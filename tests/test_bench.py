@@ -53,6 +53,11 @@ def run(*args, timeout=600):
   return proc
 
 
+def bench_tiny(*flags):
+  """`python -m nopejax.bench` on configs/tiny.py with these flags."""
+  return run("-m", "nopejax.bench", "--config=configs/tiny.py", *flags)
+
+
 def _model_spec(cfg):
   return experiment.resolve(cfg).model
 
@@ -63,10 +68,7 @@ def last_json(proc):
 
 def test_bench_command_on_tiny_prints_every_key():
   result = last_json(
-    run(
-      "-m",
-      "nopejax.bench",
-      "--config=configs/tiny.py",
+    bench_tiny(
       "--steps=2",
       "--config.model.positions=smollm3",
       "--config.model.num_layers=4",
@@ -96,10 +98,7 @@ def test_bench_command_on_tiny_prints_every_key():
 
 
 def test_bf16_on_cpu_says_it_does_not_help():
-  proc = run(
-    "-m",
-    "nopejax.bench",
-    "--config=configs/tiny.py",
+  proc = bench_tiny(
     "--steps=1",
     "--warmup=1",
     "--config.model.dtype=bfloat16",
@@ -114,10 +113,7 @@ def test_decode_bench_against_transformers_generate():
   to transformers' generate on the same weights, with a prompt longer than the prefill chunk."""
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  proc = run(
-    "-m",
-    "nopejax.bench",
-    "--config=configs/tiny.py",
+  proc = bench_tiny(
     "--config.model.positions=smollm3",
     "--config.model.num_layers=4",
     "--decode",
@@ -141,10 +137,7 @@ def test_decode_bench_against_transformers_generate():
 def test_compare_torch_reports_both_and_the_ratio():
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
-  proc = run(
-    "-m",
-    "nopejax.bench",
-    "--config=configs/tiny.py",
+  proc = bench_tiny(
     "--steps=2",
     "--warmup=1",
     "--compare_torch",
