@@ -18,6 +18,7 @@ from nopejax import experiment
 from nopejax.model import attention
 from nopejax.model import spec as config_lib
 from nopejax.tools import bench
+from nopejax.train import efficiency
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -88,7 +89,7 @@ def test_bench_command_on_tiny_prints_every_key():
   cfg = tiny.get_config()
   cfg.model.update(positions="smollm3", num_layers=4)
   spec = _model_spec(cfg)
-  assert result["flops_per_token"] == bench.flops_per_token(spec, 32)
+  assert result["flops_per_token"] == efficiency.flops_per_token(spec, 32)
   # Full attention counts 32 keys per query where the causal count has 16.5 (4 layers).
   full = result["flops_per_token"] + 4 * 12 * spec.num_heads * spec.head_dim * (32 - 16.5)
   assert result["flops_per_token_full_attention"] == pytest.approx(full)
@@ -184,17 +185,17 @@ def test_flops_per_token_matches_a_hand_count():
   # Attention at T=8, 12 * N*H = 12 * 32 = 384 per attended key:
   #   sliding 3 attends 1,2,3,3,3,3,3,3 keys (mean 21/8); full causal 1..8 (mean 36/8).
   hand = 6 * 19072 + 384 * (21 / 8) + 384 * (36 / 8)
-  assert bench.matmul_params(spec) == 19072
-  assert bench.flops_per_token(spec, 8) == pytest.approx(hand) == 117168
-  assert bench.attended_keys(spec.layers[0], 2) == 1.5  # a window wider than the row: causal
+  assert efficiency.matmul_params(spec) == 19072
+  assert efficiency.flops_per_token(spec, 8) == pytest.approx(hand) == 117168
+  assert efficiency.attended_keys(spec.layers[0], 2) == 1.5  # a window wider than the row: causal
 
 
 def test_attended_keys_of_chunks_restart_at_each_boundary():
   from nopejax.model.patterns import LayerType
 
   # chunk 3 at T=8: keys 1,2,3 | 1,2,3 | 1,2
-  assert bench.attended_keys(LayerType("rope", "chunked", 3), 8) == 15 / 8
-  assert bench.attended_keys(LayerType("nope"), 8) == 4.5
+  assert efficiency.attended_keys(LayerType("rope", "chunked", 3), 8) == 15 / 8
+  assert efficiency.attended_keys(LayerType("nope"), 8) == 4.5
 
 
 @pytest.mark.parametrize(
@@ -306,7 +307,7 @@ def test_bench_gpu_dry_run_prints_the_bench_command():
 def test_gpu_and_cpu_bench_configs_resolve():
   exp = experiment.resolve(bench_gpu_1b.get_config())
   spec = exp.model
-  assert 0.9e9 < bench.matmul_params(spec) - spec.d_model * spec.vocab_size < 1.1e9
+  assert 0.9e9 < efficiency.matmul_params(spec) - spec.d_model * spec.vocab_size < 1.1e9
   paths = [p.rsplit(":", 1)[1] for p in bench.layer_paths(spec, 4096, "gpu", exp.data.pack)]
   assert paths == ["cudnn"] * 16  # unpacked synthetic rows: no mask needed
   cpu = _model_spec(bench_cpu.get_config())

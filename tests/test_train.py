@@ -1,21 +1,26 @@
 """Training: the real command, the loss going down, schedules, accumulation, bad input."""
 
 import glob
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import numpy as np
 import pytest
+from jax.profiler import ProfileData
 
 from nopejax import data as data_lib
 from nopejax import experiment
+from nopejax.data import pipeline
 from nopejax.parallel import mesh as mesh_lib
-from nopejax.train import loop, optimizer
+from nopejax.train import efficiency, loop, optimizer
 from nopejax.train import spec as train_spec
 from nopejax.train import step as step_lib
 from nopejax.train import workdir as workdir_lib
@@ -23,6 +28,8 @@ from nopejax.train import workdir as workdir_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import tiny  # noqa: E402
+
+REAL_TRAIN_ITER = pipeline.train_iter
 
 
 def run_cli(module, *args, check=True):
@@ -60,7 +67,7 @@ def read_metrics(workdir):
 
 def test_tiny_trains_through_the_real_command(tmp_path):
   workdir = tmp_path / "run"
-  run_cli(
+  proc = run_cli(
     "nopejax.train",
     "--config=configs/tiny.py",
     f"--workdir={workdir}",
@@ -68,6 +75,7 @@ def test_tiny_trains_through_the_real_command(tmp_path):
     "--config.train.steps=10",
     "--config.model.d_model=48",
     "--config.model.positions=rope,nope",
+    "--config.train.profile_steps=(6, 2)",
   )
   config = json.loads((workdir / "config.json").read_text())
   assert config["model"]["d_model"] == 48 and config["model"]["positions"] == "rope,nope"
@@ -80,6 +88,67 @@ def test_tiny_trains_through_the_real_command(tmp_path):
     experiment.resolve(workdir_lib.load_config(str(workdir))), str(workdir)
   )
   assert params["embedding"].shape[1] == 48
+  # Every row's efficiency: MFU by both conventions from the first row's FLOP counts and peak.
+  first = rows[0]
+  assert first["flops_per_token"] < first["flops_per_token_full_attention"]
+  assert first["peak_source"] == "measured fp32 matmul" and first["peak_flops"] > 0
+  for row in rows:
+    for mfu, flops in (
+      ("mfu", "flops_per_token"),
+      ("mfu_full_attention", "flops_per_token_full_attention"),
+    ):
+      assert row[mfu] == pytest.approx(row["tokens_per_s"] * first[flops] / first["peak_flops"])
+    assert row["step_s"] > 0 and row["peak_memory_gib"] > 0.05 and 0 < row["goodput"] < 1
+  # The goodput account closes the log and the output; its parts add up to the wall time.
+  account = read_metrics(workdir)[-1]
+  assert account["step"] == 10
+  parts = [account[f"time_{k}_s"] for k in (*efficiency.GOODPUT_KINDS, "other")]
+  assert sum(parts) == pytest.approx(account["time_total_s"])
+  assert account["goodput"] == pytest.approx(account["time_step_s"] / account["time_total_s"])
+  for kind in ("compile", "restore", "checkpoint", "profile", "step"):
+    assert account[f"time_{kind}_s"] > 0, kind
+  assert re.search(r"goodput \d+\.\d% of [\d.]+ s wall", proc.stdout)
+  # The profile: where TensorBoard's profile plugin looks, and a Perfetto trace beside it,
+  # holding the two profiled steps and the train step's program.
+  (run,) = glob.glob(str(workdir / "tensorboard" / "plugins" / "profile" / "*"))
+  (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
+  events = [
+    e for plane in ProfileData.from_file(xplane).planes for line in plane.lines for e in line.events
+  ]
+  assert sorted(dict(e.stats)["step_num"] for e in events if e.name == "train") == [6, 7]
+  assert any("train_step" in e.name for e in events)
+  with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
+    trace = json.load(f)["traceEvents"]
+  assert sorted(int(e["args"]["step_num"]) for e in trace if e.get("name") == "train") == [6, 7]
+
+
+class SlowBatches:
+  """The real batches, each 0.15 s late: an input pipeline slower than the step."""
+
+  def __init__(self, data_cfg, **kwargs):
+    self.inner = REAL_TRAIN_ITER(data_cfg, **kwargs)
+
+  def __next__(self):
+    time.sleep(0.15)
+    return next(self.inner)
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+  def close(self):
+    self.inner.close()
+
+
+def test_goodput_puts_a_slow_input_pipeline_in_data_wait(tmp_path, monkeypatch):
+  cfg = tiny_config(tmp_path, **{"train.steps": 12, "train.log_every": 4, "train.eval_every": 0})
+  monkeypatch.setattr(pipeline, "train_iter", SlowBatches)
+  loop.run(experiment.resolve(cfg), str(tmp_path / "run"))
+  account = read_metrics(tmp_path / "run")[-1]
+  # 12 batches each 0.15 s late, behind steps of a few ms: the wait is the input's, not the step's.
+  assert account["time_data_s"] > max(account["time_step_s"], 0.5 * 12 * 0.15)
 
 
 def test_loss_falls_on_copy(tmp_path):
@@ -190,6 +259,8 @@ def test_non_finite_step_is_skipped(tmp_path):
     ("data.batch_size", 0, "data.batch_size"),
     ("opt.schedule", "linear", "opt.schedule"),
     ("opt.microbatches", 3, "opt.microbatches"),
+    ("train.profile_steps", (0, 2), "train.profile_steps"),
+    ("train.profile_steps", (3,), "train.profile_steps"),
   ],
 )
 def test_bad_values_fail_before_compiling(tmp_path, key, value, message):

@@ -6,19 +6,9 @@ synthetic tokens and prints one final JSON line: `tokens_per_s`, `step_s` (media
 also trains transformers' SmolLM3 (PyTorch, same shapes, AdamW after clipping, same batch),
 interleaving its steps with ours so machine load hits both alike, and reports the ratio.
 
-FLOPs per token (useful work, counted the way PaLM's appendix B does, but honest about masks):
-  6 * (non-embedding matmul params + d_model * vocab for the output head)
-  + sum over layers of 12 * num_heads * head_dim * mean attended keys
-The head counts whether or not it is tied: its matmul is computed either way; the input lookup
-is not a matmul and does not count. A causal row of length T attends (T + 1) / 2 keys on
-average, a sliding window W min(t + 1, W) at query t, a chunk W (t mod W) + 1: masked-out work
-is not counted, so the figure does not reward computing it. For a causal layer that is
-MaxText's convention since 2025 (causal attention halved); `mfu_full_attention` and
-`flops_per_token_full_attention` count every query against all T keys instead (PaLM's
-12 * layers * heads * head_dim * T, masks ignored), the convention of older MFU tables.
+FLOPs per token and the peaks MFU is measured against: nopejax/train/efficiency.py.
 """
 
-import resource
 import statistics
 import time
 
@@ -28,116 +18,13 @@ import numpy as np
 
 from nopejax.model import decoder
 from nopejax.train import build as build_lib
-
-# Dense bf16 peak FLOP/s per chip (public specs; H100/H200: SXM, without sparsity). Matched
-# against jax's device_kind, first hit wins.
-PEAK_FLOPS = {
-  "v4": 275e12,
-  "v5e": 197e12,
-  "v5p": 459e12,
-  "v6e": 918e12,
-  "A100": 312e12,
-  "H100": 989e12,
-  "H200": 989e12,
-}
-_DEVICE_KINDS = (
-  ("TPU v5 lite", "v5e"),
-  ("TPU v5e", "v5e"),
-  ("TPU v5p", "v5p"),
-  ("TPU v5", "v5p"),
-  ("TPU v6 lite", "v6e"),
-  ("TPU v6e", "v6e"),
-  ("TPU v4", "v4"),
-  ("A100", "A100"),
-  ("H100", "H100"),
-  ("H200", "H200"),
-)
-
+from nopejax.train.efficiency import mfu_fields, peak_flops, peak_memory
 
 CPU_BF16_NOTE = (
   "bf16 on a CPU: XLA's CPU dots do not reach AMX or AVX512-BF16 (every XLA CPU flag tried, on "
   "an Intel Xeon with AMX: 165-273 GFLOP/s where PyTorch's oneDNN reached 1.1-2.75 TFLOP/s), "
   "so model.dtype=bfloat16 trains no faster than float32 here; see the README's Performance."
 )
-
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def attended_keys(layer, length):
-  """Mean number of keys a query attends to in a causal row of `length` under the layer's window."""
-  t = np.arange(length)
-  if layer.window == "sliding":
-    keys = np.minimum(t + 1, layer.window_size)
-  elif layer.window == "chunked":
-    keys = t % layer.window_size + 1
-  else:
-    keys = t + 1
-  return float(keys.mean())
-
-
-def matmul_params(spec):
-  """Weights that multiply activations once per token: every layer's projections and the head."""
-  attn = spec.d_model * spec.head_dim * (2 * spec.num_heads + 2 * spec.num_kv_heads)
-  mlp = 3 * spec.d_model * spec.d_ff
-  return spec.num_layers * (attn + mlp) + spec.d_model * spec.vocab_size
-
-
-def flops_per_token(spec, length, masked=True):
-  """Training FLOPs per token (forward + backward), see the module docstring. masked=False:
-  every query attends to all `length` keys, whatever its mask (PaLM's count, which MaxText used
-  before it halved causal attention in 2025)."""
-  attn = sum(
-    12 * spec.num_heads * spec.head_dim * (attended_keys(layer, length) if masked else length)
-    for layer in spec.layers
-  )
-  return 6 * matmul_params(spec) + attn
-
-
-# ----------------------------------------------------------------------------- peaks
-
-
-def chip_name(device_kind):
-  for pattern, name in _DEVICE_KINDS:
-    if pattern.lower() in device_kind.lower():
-      return name
-  return None
-
-
-def cpu_matmul_peak(n=2048, reps=5):
-  """FLOP/s of the best of `reps` fp32 [n, n] @ [n, n] matmuls: this machine's practical roof."""
-  a = jnp.ones((n, n), jnp.float32)
-  matmul = jax.jit(jnp.dot)
-  matmul(a, a).block_until_ready()
-  best = float("inf")
-  for _ in range(reps):
-    start = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best
-
-
-def peak_flops(device, given=None):
-  """(peak FLOP/s of one device, where it came from)."""
-  if given:
-    return float(given), "--peak_flops"
-  name = chip_name(device.device_kind)
-  if name:
-    return PEAK_FLOPS[name], f"table:{name} bf16"
-  if device.platform == "cpu":
-    return cpu_matmul_peak(), "measured fp32 matmul"
-  raise ValueError(
-    f"no peak FLOP/s known for device kind {device.device_kind!r}; "
-    f"pass --peak_flops (known: {', '.join(PEAK_FLOPS)})"
-  )
-
-
-def peak_memory(device):
-  """(bytes, source): the device allocator's peak where it keeps one, else the process's max RSS."""
-  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  if stats and "peak_bytes_in_use" in stats:
-    return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
-
 
 # ----------------------------------------------------------------------------- steppers
 
@@ -268,19 +155,9 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
     steppers.append(TorchStepper(exp, batch))
   step_times = time_interleaved(steppers, steps, warmup)
 
-  flops = flops_per_token(spec, seq_len)
-  flops_full = flops_per_token(spec, seq_len, masked=False)
-
   def report(step_s, compile_s):
-    return {
-      "tokens_per_s": tokens / step_s,
-      "step_s": step_s,
-      "compile_s": compile_s,
-      "flops_per_token": flops,
-      "flops_per_token_full_attention": flops_full,
-      "mfu": tokens / step_s * flops / peak_total,
-      "mfu_full_attention": tokens / step_s * flops_full / peak_total,
-    }
+    fields = {"tokens_per_s": tokens / step_s, "step_s": step_s, "compile_s": compile_s}
+    return {**fields, **mfu_fields(spec, seq_len, tokens / step_s, peak_total)}
 
   result = report(step_times[0], ours.compile_s)
   memory, memory_source = peak_memory(device)

@@ -78,7 +78,7 @@ class Writer:
       return
     self.jsonl.write(json.dumps(row) + "\n")
     for key, value in row.items():
-      if key != "step":
+      if key != "step" and isinstance(value, (int, float)):  # not the sources' names
         self.tb.add_scalar(key, value, row["step"])
     if self.bar is not None:
       info = " ".join(f"{k}={row[k]:.4g}" for k in ("loss", "val_loss", "tokens_per_s") if k in row)

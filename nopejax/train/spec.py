@@ -40,6 +40,9 @@ def train_config():
   c.progress = True  # rich progress bar on the terminal
   c.export_params = True  # write WORKDIR/params/ (params only) at the end of training
   c.compilation_cache_dir = ""  # compiled steps kept for restarts; "" = ~/.cache/nopejax, "off"
+  # (first step, count): a jax.profiler trace of those steps into WORKDIR/tensorboard (the
+  # profile plugin's plugins/profile/, and a Perfetto trace); count 0 = no profile
+  c.profile_steps = (0, 0)
   return c
 
 
@@ -77,12 +80,23 @@ class TrainSpec:
   progress: bool = True
   export_params: bool = True
   compilation_cache_dir: str = ""
+  profile_steps: tuple = (0, 0)
 
 
 def resolve_train(group) -> TrainSpec:
   for key in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
     specs.positive(group[key], f"train.{key}")
-  return specs.from_group(TrainSpec, group)
+  t = specs.from_group(TrainSpec, group)
+  profile = t.profile_steps
+  specs.check(
+    isinstance(profile, tuple)
+    and len(profile) == 2
+    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in profile)
+    and (profile[1] == 0 or profile[0] >= 1),
+    "train.profile_steps: expected (first step, count) with first >= 1 (count 0 = no "
+    f"profile), got {profile!r}",
+  )
+  return t
 
 
 def resolve_opt(group, steps: int) -> OptSpec:
