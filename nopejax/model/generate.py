@@ -112,6 +112,16 @@ def decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temp
   return out_NB.T, cache
 
 
+def layout(prompts, max_new_tokens, *, pad_id=0, multiple=16, prefill_chunk=PREFILL_CHUNK):
+  """(tokens, positions, segments [B, P], cache_len): the prompts left-padded to a multiple of
+  `multiple` (of `prefill_chunk` when one is longer than it), and the cache length that holds
+  them and every generated token but the last, which is never fed back."""
+  if max(len(p) for p in prompts) > prefill_chunk:
+    multiple = prefill_chunk
+  tokens, positions, segments = left_pad(prompts, pad_id, multiple)
+  return tokens, positions, segments, tokens.shape[1] + max_new_tokens - 1
+
+
 def generate(
   model_cfg,
   params,
@@ -140,12 +150,10 @@ def generate(
     raise ValueError(f"prefill_chunk: expected a positive integer, got {prefill_chunk}")
   longest = max(len(p) for p in prompts) + max_new_tokens - 1
   spec.check_length(longest, f"length {longest} (prompt + generated)")
-  if max(len(p) for p in prompts) > prefill_chunk:
-    multiple = prefill_chunk
-  tokens, positions, segments = left_pad(prompts, pad_id, multiple)
+  tokens, positions, segments, cache_len = layout(
+    prompts, max_new_tokens, pad_id=pad_id, multiple=multiple, prefill_chunk=prefill_chunk
+  )
   P = tokens.shape[1]
-  # The last generated token is never fed back, so the cache needs one slot fewer.
-  cache_len = P + max_new_tokens - 1
   rng_N = jax.random.split(jax.random.key(0) if rng is None else rng, max_new_tokens)
   last_BV, cache = prefill(
     params, tokens, positions, segments, spec=spec, cache_len=cache_len, chunk=prefill_chunk

@@ -51,9 +51,9 @@ class JaxDecoder:
   def __init__(self, spec, params, prompts_BP, new_tokens, prefill_chunk):
     self.spec, self.params, self.new_tokens = spec, params, new_tokens
     self.prefill_chunk = prefill_chunk
-    P = prompts_BP.shape[1]
-    self.cache_len = P + new_tokens - 1
-    tokens, positions, segments = generate_lib.left_pad(list(prompts_BP), 0, min(prefill_chunk, P))
+    tokens, positions, segments, self.cache_len = generate_lib.layout(
+      list(prompts_BP), new_tokens, prefill_chunk=prefill_chunk
+    )
     self.inputs = tuple(jax.device_put(a) for a in (tokens, positions, segments))
     self.next_pos_B = jax.device_put(positions[:, -1] + 1)
     self.rng_N = jax.random.split(jax.random.key(0), new_tokens - 1)
