@@ -1,8 +1,9 @@
-"""python -m nopejax.aot --config=configs/X.py --topology=v5p:2x2x1
+"""python -m nopejax.aot --config=configs/X.py --topology=v5p:2x2x1 [--num_slices=2]
 
 Compiles the real sharded train step for a TPU topology on any host (libtpu from the `tpu`
 extra; no TPU needed) and reports per-device memory against the chip's HBM. Exits non-zero
-when the step does not fit.
+when the step does not fit. With --num_slices=N the program spans N such slices, placed by
+mesh.dcn_data and mesh.dcn_fsdp (their product must be N).
 """
 
 import json
@@ -21,6 +22,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TOPOLOGY = flags.DEFINE_string(
   "topology", "v5e:2x2", f"TPU topology, one of {', '.join(aot.TOPOLOGIES)}."
 )
+_NUM_SLICES = flags.DEFINE_integer(
+  "num_slices", 1, "Slices of --topology joined by DCN.", lower_bound=1
+)
 
 
 def main(argv):
@@ -28,7 +32,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)
   try:
-    devices = aot.topology_devices(_TOPOLOGY.value)
+    devices = aot.topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
     report = aot.memory_report(
       aot.compile_train_step(experiment.resolve(_CONFIG.value), devices), _TOPOLOGY.value
     )
@@ -43,8 +47,9 @@ def main(argv):
       "(mesh.fsdp), remat (model.remat) or shrink data.batch_size"
     )
   gib = lambda b: f"{b / 2**30:.2f} GiB"
+  slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
   print(
-    f"{_TOPOLOGY.value}: {len(devices)} devices; per device: arguments "
+    f"{_TOPOLOGY.value}{slices}: {len(devices)} devices; per device: arguments "
     f"{gib(report['argument_bytes'])}, temporaries {gib(report['temp_bytes'])}, outputs "
     f"{gib(report['output_bytes'])} (aliased {gib(report['alias_bytes'])}); total "
     f"{gib(report['total_bytes'])} of {gib(report['hbm_bytes'])} HBM"

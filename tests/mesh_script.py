@@ -2,9 +2,10 @@
 
   python tests/mesh_script.py WORKDIR DATA_DIR STEPS MESH [MESH ...] [key=value ...]
 
-MESH is DATA,FSDP,TENSOR or DATA,FSDP,CONTEXT,TENSOR; key=value overrides the config (e.g.
+MESH is DATA,FSDP,TENSOR or DATA,FSDP,CONTEXT,TENSOR, where DATA or FSDP may be SLICESxSIZE
+(`2x4,1,1`: mesh.dcn_data=2, mesh.data=4); key=value overrides the config (e.g.
 model.positions=alibi). Trains configs/tiny.py in WORKDIR/<mesh> for each mesh and prints one
-JSON line: for each mesh, its losses and the sharding spec of a few parameters.
+JSON line: for each mesh, its losses, device ids and the sharding spec of a few parameters.
 """
 
 import json
@@ -21,6 +22,12 @@ from nopejax import experiment  # noqa: E402
 from nopejax.train import loop  # noqa: E402
 
 
+def _axis(field):
+  """'4' -> (1, 4); '2x4' -> (2, 4): two slices of 4."""
+  slices, _, size = field.rpartition("x")
+  return int(slices or 1), int(size)
+
+
 def main(workdir, data_dir, steps, *args):
   logging.set_verbosity(logging.ERROR)
   meshes = [a for a in args if "=" not in a]
@@ -34,10 +41,11 @@ def main(workdir, data_dir, steps, *args):
     cfg.train.log_every = 1
     cfg.train.eval_every = 0
     cfg.train.checkpoint_every = 5
-    sizes = list(map(int, mesh.split(",")))
-    if len(sizes) == 3:
-      sizes.insert(2, 1)
-    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.context, cfg.mesh.tensor = sizes
+    fields = mesh.split(",")
+    if len(fields) == 3:
+      fields.insert(2, "1")
+    (cfg.mesh.dcn_data, cfg.mesh.data), (cfg.mesh.dcn_fsdp, cfg.mesh.fsdp) = map(_axis, fields[:2])
+    cfg.mesh.context, cfg.mesh.tensor = map(int, fields[2:])
     for key, value in overrides.items():
       group, name = key.split(".")
       kind = type(cfg[group][name])
@@ -50,6 +58,7 @@ def main(workdir, data_dir, steps, *args):
     out[mesh] = {
       "losses": {r["step"]: r["loss"] for r in rows if "loss" in r},
       "devices": jax.device_count(),
+      "device_ids": attn["q"].sharding.mesh.device_ids.tolist(),
       "q": str(attn["q"].sharding.spec),
       "gate": str(params["layers"]["block_0"]["mlp"]["gate"].sharding.spec),
       "q_shard_shape": list(attn["q"].addressable_shards[0].data.shape),

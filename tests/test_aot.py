@@ -5,18 +5,24 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def aot(*args):
+def python(*args):
   return subprocess.run(
-    [sys.executable, "-m", "nopejax.aot", *args],
+    [sys.executable, *args],
     cwd=ROOT,
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
     capture_output=True,
     text=True,
     timeout=600,
   )
+
+
+def aot(*args):
+  return python("-m", "nopejax.aot", *args)
 
 
 def test_tiny_compiles_for_v5e_and_fits():
@@ -31,6 +37,60 @@ def test_tiny_compiles_for_v5e_and_fits():
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert report["fits"] and report["hbm_bytes"] == 16 * 2**30
   assert report["argument_bytes"] > 0 and "v5e:2x2: 4 devices" in proc.stdout
+  assert (report["devices"], report["slices"]) == (4, 1)
+
+
+def test_tiny_compiles_for_two_slices():
+  proc = aot(
+    "--config=configs/tiny.py",
+    "--topology=v5e:2x2",
+    "--num_slices=2",
+    "--config.model.num_kv_heads=2",
+    "--config.mesh.dcn_data=2",
+    "--config.mesh.tensor=2",
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["fits"] and (report["devices"], report["slices"]) == (8, 2)
+  assert "v5e:2x2 x 2 slices: 8 devices" in proc.stdout
+
+
+def test_two_slices_need_the_dcn_axes_to_cover_them():
+  proc = aot("--config=configs/tiny.py", "--topology=v5e:2x2", "--num_slices=2")
+  assert proc.returncode != 0
+  assert "mesh.dcn_data*mesh.dcn_fsdp = 1*1 but the devices are on 2 slices" in proc.stderr
+
+
+# Prints, for each mesh group given as JSON, the slice_index of every device of its mesh over two
+# v5e:2x2 slices.
+SLICE_LAYOUT = """
+import json, sys
+import numpy as np
+from nopejax.tools import aot  # first: it allows several libtpu loads
+from nopejax.parallel import mesh as mesh_lib
+from nopejax.parallel import spec as mesh_spec
+
+devices = aot.topology_devices("v5e:2x2", num_slices=2)
+for mesh in sys.argv[1:]:
+  group = mesh_spec.mesh_config()
+  group.update(json.loads(mesh))
+  placed = mesh_lib.make_mesh(mesh_spec.resolve(group), devices).devices
+  print(json.dumps(np.vectorize(lambda d: d.slice_index)(placed).tolist()))
+"""
+
+
+def test_the_dcn_axes_separate_the_slices_of_a_two_slice_topology():
+  proc = python(
+    "-c",
+    SLICE_LAYOUT,
+    '{"dcn_data": 2, "data": 2, "tensor": 2}',
+    '{"dcn_fsdp": 2, "data": 1, "fsdp": 2, "tensor": 2}',
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  by_data, by_fsdp = (np.array(json.loads(line)) for line in proc.stdout.strip().splitlines())
+  assert by_data.shape == (4, 1, 1, 2) and by_fsdp.shape == (1, 4, 1, 2)
+  assert (by_data[:2] == 0).all() and (by_data[2:] == 1).all()
+  assert (by_fsdp[:, :2] == 0).all() and (by_fsdp[:, 2:] == 1).all()
 
 
 def test_model_too_large_for_the_slice_exits_nonzero():

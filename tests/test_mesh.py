@@ -1,6 +1,7 @@
 """Meshes: every mesh gives the losses of one device, parameters are sharded by the rules,
 a checkpoint restores onto another mesh, and bad meshes fail with named errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,7 +10,9 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import numpy as np
 import pytest
+from jax.experimental import mesh_utils
 
 from nopejax import experiment
 from nopejax.model import spec as config_lib
@@ -44,7 +47,9 @@ def mesh_run(devices, workdir, data_dir, steps, *meshes):
 
 def test_meshes_match_one_device_and_shard_parameters(tmp_path):
   one = mesh_run(1, tmp_path / "one", tmp_path / "data", 6, "1,1,1")["1,1,1"]
-  many = mesh_run(8, tmp_path / "eight", tmp_path / "data", 6, "8,1,1", "1,8,1", "1,4,2", "2,2,2")
+  # "2x4,1,1": two slices (mesh.dcn_data=2) of data=4; "2,2x2,1": mesh.dcn_fsdp=2 of fsdp=2.
+  meshes = ("8,1,1", "1,8,1", "1,4,2", "2,2,2", "2x4,1,1", "2,2x2,1")
+  many = mesh_run(8, tmp_path / "eight", tmp_path / "data", 6, *meshes)
   for mesh, result in many.items():
     assert result["devices"] == 8
     for step, loss in one["losses"].items():
@@ -55,6 +60,12 @@ def test_meshes_match_one_device_and_shard_parameters(tmp_path):
   assert many["2,2,2"]["q"] == "P(None, 'fsdp', 'tensor', None)"
   assert many["2,2,2"]["q_shard_shape"] == [2, 16, 1, 16]
   assert many["1,4,2"]["gate"] == "P(None, 'fsdp', 'tensor')"
+  # Two slices of four host devices (contiguous runs stand in for slices): each slice is one
+  # block along the axis its DCN factor multiplies.
+  assert np.array(many["2x4,1,1"]["device_ids"])[:4].flatten().tolist() == [0, 1, 2, 3]
+  ids = np.array(many["2,2x2,1"]["device_ids"])  # [data=2, dcn_fsdp*fsdp=4, 1, 1]
+  assert sorted(ids[:, :2].flat) == [0, 1, 2, 3] and sorted(ids[:, 2:].flat) == [4, 5, 6, 7]
+  assert many["2,2x2,1"]["q_shard_shape"] == [2, 8, 2, 16]  # embed over both slices' fsdp
 
 
 # Every scheme and window, packed rows (tiny's task documents), block pairs skipped by the
@@ -130,3 +141,72 @@ def test_tensor_axis_must_divide_heads():
   spec = config_lib.resolve(cfg.model)
   with pytest.raises(ValueError, match=r"mesh\.tensor=4 does not divide model\.num_kv_heads=2"):
     sharding.check_divisible(spec, mesh_spec.resolve(cfg.mesh), 8, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Device:
+  """What a mesh reads of a device."""
+
+  id: int
+  slice_index: int = 0
+  process_index: int = 0
+  platform: str = "cpu"
+  device_kind: str = "cpu"
+
+
+def _ids(devices):
+  return np.vectorize(lambda d: d.id)(devices)
+
+
+@pytest.mark.parametrize(
+  "mesh,shape",
+  [
+    (dict(dcn_data=2, data=-1, tensor=2), (4, 1, 1, 2)),
+    (dict(dcn_fsdp=2, data=1, fsdp=-1), (1, 8, 1, 1)),
+    (dict(dcn_data=2, dcn_fsdp=2, data=1, fsdp=2), (2, 4, 1, 1)),
+  ],
+)
+def test_runs_of_host_devices_are_placed_as_jax_places_slices(mesh, shape):
+  spec = mesh_spec.resolve(_cfg(**mesh).mesh)
+  devices = [_Device(i, slice_index=i // (8 // spec.num_slices)) for i in range(8)]
+  ici = list(sharding.slice_shape(spec, 8).values())
+  hybrid = mesh_utils.create_hybrid_device_mesh(ici, spec.dcn_sizes(), devices)
+  assert list(sharding.mesh_shape(spec, 8).values()) == list(shape)
+  assert (_ids(sharding.device_array(spec, devices)) == _ids(hybrid)).all()
+
+
+def test_one_process_per_slice_when_the_devices_name_no_slice():
+  spec = mesh_spec.resolve(_cfg(dcn_data=2, data=4).mesh)
+  devices = [_Device(i, process_index=i % 2, platform="gpu", device_kind="gpu") for i in range(8)]
+  placed = sharding.device_array(spec, devices)
+  assert [d.process_index for d in placed.flat] == [0] * 4 + [1] * 4
+
+
+@pytest.mark.parametrize(
+  "mesh,devices,message",
+  [
+    (dict(dcn_data=0), 8, r"mesh\.dcn_data: expected a positive integer, got 0"),
+    (dict(dcn_data=4), 6, r"mesh: 6 devices do not split into .* = 4\*1 = 4 slices"),
+    (dict(dcn_fsdp=2, data=2, fsdp=4), 8, r"= 2\*4\*1\*1 = 8 but there are 4 devices per slice"),
+  ],
+)
+def test_bad_multislice_meshes(mesh, devices, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.mesh_shape(mesh_spec.resolve(_cfg(**mesh).mesh), devices)
+
+
+def test_slices_the_tpu_devices_name_must_be_the_dcn_slices():
+  two = [_Device(i, slice_index=i // 4, platform="tpu") for i in range(8)]
+  with pytest.raises(ValueError, match=r"dcn_fsdp = 1\*1 but the devices are on 2 slices"):
+    sharding.device_array(mesh_spec.resolve(_cfg().mesh), two)
+  one = [_Device(i, platform="tpu") for i in range(8)]
+  with pytest.raises(ValueError, match=r"dcn_fsdp = 2\*1 but the devices are on 1 slice$"):
+    sharding.device_array(mesh_spec.resolve(_cfg(dcn_data=2).mesh), one)
+
+
+def test_batch_must_divide_over_every_slice():
+  cfg = _cfg(dcn_data=2, data=2)
+  with pytest.raises(
+    ValueError, match=r"batch_size=6 .* mesh\.dcn_data\*mesh\.data\*mesh\.dcn_fsdp\*mesh\.fsdp=4"
+  ):
+    sharding.check_divisible(config_lib.resolve(cfg.model), mesh_spec.resolve(cfg.mesh), 6, 4)

@@ -1,36 +1,85 @@
-"""The device mesh (data, fsdp, context, tensor) and the mapping of logical axis names onto it."""
+"""The device mesh (data, fsdp, context, tensor) and the mapping of logical axis names onto it.
+
+Over several slices the axes stay these four: `mesh.dcn_data` and `mesh.dcn_fsdp` multiply data
+and fsdp from outside (parallel/spec.py), so only their collectives cross the slow network.
+"""
 
 import math
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nopejax.parallel.spec import AXES
 
 
-def mesh_shape(mesh_spec, num_devices):
-  """Resolves -1 (at most one, parallel/spec.py) so the axes multiply to the device count."""
+def slice_shape(mesh_spec, num_devices):
+  """One slice's axes: -1 (at most one, parallel/spec.py) resolved so that they multiply to the
+  devices of a slice, num_devices / (dcn_data * dcn_fsdp)."""
+  slices = mesh_spec.num_slices
+  if num_devices % slices:
+    raise ValueError(
+      f"mesh: {num_devices} devices do not split into mesh.dcn_data*mesh.dcn_fsdp = "
+      f"{mesh_spec.dcn_data}*{mesh_spec.dcn_fsdp} = {slices} slices"
+    )
+  per_slice = num_devices // slices
+  devices = f"{per_slice} devices" + (" per slice" if slices > 1 else "")
   sizes = mesh_spec.sizes()
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if num_devices % known:
-      raise ValueError(f"mesh: axes of size {known} do not divide the {num_devices} devices")
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
+    if per_slice % known:
+      raise ValueError(f"mesh: axes of size {known} do not divide the {devices}")
+    sizes[sizes.index(-1)] = per_slice // known
+  if math.prod(sizes) != per_slice:
     raise ValueError(
       f"mesh: data*fsdp*context*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
-      f"but there are {num_devices} devices"
+      f"but there are {devices}"
     )
   return dict(zip(AXES, sizes))
 
 
+def mesh_shape(mesh_spec, num_devices):
+  """The global mesh: each in-slice axis times its DCN factor."""
+  ici = slice_shape(mesh_spec, num_devices)
+  return {a: ici[a] * dcn for a, dcn in zip(AXES, mesh_spec.dcn_sizes())}
+
+
+def device_array(mesh_spec, devices):
+  """`devices` laid out as the mesh; each slice is one block, the DCN factors outermost.
+
+  TPU devices (topology devices for AOT too) name their slice in `slice_index`, and jax's hybrid
+  mesh lays out each slice by its torus. Other devices name none: one process is one slice when
+  the process count is the slice count (GPU hosts), else equal contiguous runs of `devices`
+  stand in for slices (host devices of one process, in tests), each laid out like one slice.
+  """
+  ici = list(slice_shape(mesh_spec, len(devices)).values())
+  dcn = mesh_spec.dcn_sizes()
+  slices = mesh_spec.num_slices
+  tpu = devices[0].platform == "tpu"
+  # Slices on TPUs (one-slice topology devices carry no slice_index), else processes.
+  granules = len({getattr(d, "slice_index", 0) if tpu else d.process_index for d in devices})
+  if tpu and granules != slices:
+    raise ValueError(
+      f"mesh.dcn_data*mesh.dcn_fsdp = {mesh_spec.dcn_data}*{mesh_spec.dcn_fsdp} but the "
+      f"devices are on {granules} slice{'s' * (granules > 1)}"
+    )
+  if slices == 1:
+    return np.asarray(devices).reshape(ici)
+  if granules == slices:
+    return mesh_utils.create_hybrid_device_mesh(
+      ici, dcn, devices, process_is_granule=not tpu, allow_split_physical_axes=True
+    )
+  # What the hybrid mesh builds for CPUs from these runs: in-slice reshapes placed on the DCN grid.
+  runs = np.asarray(devices).reshape(dcn[:2] + ici)  # [dcn_data, dcn_fsdp, data, fsdp, ...]
+  return runs.transpose(0, 2, 1, 3, 4, 5).reshape([i * d for i, d in zip(ici, dcn)])
+
+
 def make_mesh(mesh_spec, devices=None):
-  devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_spec, len(devices))
-  return Mesh(np.asarray(devices).reshape([shape[a] for a in AXES]), AXES)
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(device_array(mesh_spec, devices), AXES)
 
 
 def check_divisible(spec, mesh_spec, batch_size, num_devices, seq_len=None):
@@ -43,9 +92,11 @@ def check_divisible(spec, mesh_spec, batch_size, num_devices, seq_len=None):
     )
   batch_shards = shape["data"] * shape["fsdp"]
   if batch_size % batch_shards:
+    axes = "mesh.data*mesh.fsdp"
+    if mesh_spec.num_slices > 1:
+      axes = "mesh.dcn_data*mesh.data*mesh.dcn_fsdp*mesh.fsdp"
     raise ValueError(
-      f"data.batch_size={batch_size} is not divisible by the batch axes "
-      f"mesh.data*mesh.fsdp={batch_shards}"
+      f"data.batch_size={batch_size} is not divisible by the batch axes {axes}={batch_shards}"
     )
   for key in ("num_heads", "num_kv_heads"):
     if getattr(spec, key) % shape["tensor"]:

@@ -1,4 +1,9 @@
-"""The `mesh` config group and its frozen spec: axis sizes and the logical-axis rules."""
+"""The `mesh` config group and its frozen spec: axis sizes and the logical-axis rules.
+
+Several slices (TPU pods joined by the data-centre network, DCN) keep the same four axes: the
+in-slice sizes describe one slice, and `dcn_data`, `dcn_fsdp` multiply the data and fsdp axes
+from outside, so only their collectives cross slices (MaxText's layout).
+"""
 
 import dataclasses
 
@@ -15,6 +20,9 @@ def mesh_config():
   c.fsdp = 1  # parameters and optimizer state sharded over this axis
   c.context = 1  # context parallelism: the sequence sharded over this axis (long sequences)
   c.tensor = 1  # Megatron-style tensor parallelism over heads and MLP hidden
+  # Between slices: the global data (fsdp) axis is dcn_data*data (dcn_fsdp*fsdp), slices outermost.
+  c.dcn_data = 1  # slices holding replicas; only gradient all-reduces cross the DCN
+  c.dcn_fsdp = 1  # slices sharing one sharded copy of the parameters (more DCN traffic)
   # Logical axis -> mesh axes; the model names its axes, only this table places them.
   c.rules = (
     ("batch", ("data", "fsdp")),
@@ -36,16 +44,28 @@ def mesh_config():
 
 @dataclasses.dataclass(frozen=True)
 class MeshSpec:
-  """The validated `mesh` group; -1 (at most one axis) is resolved against the devices later."""
+  """The validated `mesh` group; -1 (at most one in-slice axis) is resolved against the devices
+  of one slice later."""
 
   data: int = -1
   fsdp: int = 1
   context: int = 1
   tensor: int = 1
+  dcn_data: int = 1
+  dcn_fsdp: int = 1
   rules: tuple = ()
 
   def sizes(self):
+    """In-slice sizes, in AXES order."""
     return [getattr(self, a) for a in AXES]
+
+  def dcn_sizes(self):
+    """Between-slice factors, in AXES order."""
+    return [self.dcn_data, self.dcn_fsdp, 1, 1]
+
+  @property
+  def num_slices(self):
+    return self.dcn_data * self.dcn_fsdp
 
 
 def resolve(group) -> MeshSpec:
@@ -62,4 +82,9 @@ def resolve(group) -> MeshSpec:
   rules = tuple(
     (name, axes if axes is None or isinstance(axes, str) else tuple(axes)) for name, axes in m.rules
   )
-  return dataclasses.replace(m, rules=rules)
+  return dataclasses.replace(
+    m,
+    dcn_data=specs.positive(m.dcn_data, "mesh.dcn_data"),
+    dcn_fsdp=specs.positive(m.dcn_fsdp, "mesh.dcn_fsdp"),
+    rules=rules,
+  )

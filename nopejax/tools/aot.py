@@ -11,6 +11,8 @@ import os
 # parallel, a sweep of aot checks) may load libtpu at once; its lockfile would refuse them.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+import jax
+
 from nopejax.train import build as build_lib
 
 # HBM per chip, GiB (public specs).
@@ -33,7 +35,9 @@ TOPOLOGIES = (
 )
 
 
-def topology_devices(name):
+def topology_devices(name, num_slices=1):
+  """The devices of `num_slices` slices of topology `name`, each device naming its slice in
+  `slice_index` (as MaxText's compile_topology_num_slices)."""
   if name not in TOPOLOGIES:
     raise ValueError(f"--topology: unknown topology {name!r}; known: {', '.join(TOPOLOGIES)}")
   from jax.experimental import topologies
@@ -44,7 +48,7 @@ def topology_devices(name):
     topology_name=name,
     chip_config_name="megacore" if name.startswith(("v4", "v5p")) else "default",
     chips_per_host_bounds=[min(int(c), 2) for c in chips] + [1] * (3 - len(chips)),
-    num_slices=1,
+    num_slices=num_slices,
   ).devices
 
 
@@ -57,12 +61,15 @@ def compile_train_step(exp, devices):
 
 def memory_report(compiled, topology):
   m = compiled.memory_analysis()
+  devices = {d for s in jax.tree.leaves(compiled.input_shardings) for d in s.device_set}
   hbm = HBM_GIB[topology.split(":")[0]] * 2**30
   total = (
     m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   )
   return {
     "topology": topology,
+    "devices": len(devices),  # what the compiled program spans
+    "slices": len({getattr(d, "slice_index", 0) for d in devices}),  # one slice names none
     "argument_bytes": m.argument_size_in_bytes,
     "output_bytes": m.output_size_in_bytes,
     "temp_bytes": m.temp_size_in_bytes,
