@@ -1,9 +1,19 @@
-"""Checks the model tests share: causality by input gradients and random params."""
+"""Checks the tests share: causality by input gradients, random params, and a job of two
+processes against one process on the same global batch."""
+
+import json
+import os
 
 import jax
 import numpy as np
+import pytest
 
 import nopejax
+from nopejax import experiment
+from nopejax.data import pipeline
+from nopejax.train import loop
+
+REAL_TRAIN_ITER = pipeline.train_iter
 
 
 def input_jacobian_norms(cfg, params, tokens_1T, jit=jax.jit):
@@ -38,3 +48,35 @@ def random_params(model_cfg, seed=0, spread=0.2):
     return noise * (1.0 if name == "['embedding']" else spread)
 
   return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
+class TwoShards:
+  """One process reading both processes' shards: the global batch two processes would see."""
+
+  def __init__(self, data_cfg, **_):
+    self.shards = [REAL_TRAIN_ITER(data_cfg, process_index=i, process_count=2) for i in range(2)]
+
+  def __next__(self):
+    parts = [next(s) for s in self.shards]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self):
+    return [s.get_state() for s in self.shards]
+
+  def set_state(self, state):
+    for s, st in zip(self.shards, state):
+      s.set_state(st)
+
+
+def assert_two_processes_match_one(two_dir, cfg, one_dir, monkeypatch):
+  """Trains `cfg` in this process on both shards (TwoShards) into `one_dir`; then every row
+  of two_dir/metrics.jsonl (a two-process run of `cfg`) has the same step, loss and val_loss."""
+  monkeypatch.setattr(pipeline, "train_iter", TwoShards)
+  loop.run(experiment.resolve(cfg), os.fspath(one_dir))
+  read = lambda d: [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+  two, one = read(two_dir), read(one_dir)
+  assert [r["step"] for r in two] == [r["step"] for r in one]
+  for a, b in zip(two, one):
+    for key in ("loss", "val_loss"):
+      if key in b:
+        assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)

@@ -1,6 +1,5 @@
 """Launchers: dry runs print sane commands; two processes on 127.0.0.1 match one process."""
 
-import json
 import os
 import signal
 import socket
@@ -10,12 +9,8 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np
+import checks
 import pytest
-
-from nopejax import experiment
-from nopejax.data import pipeline
-from nopejax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -61,12 +56,56 @@ def test_tpu_vm_dry_run():
   assert lines[-1].endswith("-m nopejax.train --config=configs/smollm3_3b.py --workdir=/mnt/run '")
 
 
+def test_tpu_vm_multislice_dry_run_creates_a_queued_resource():
+  out = bash(
+    "launch/tpu_vm.sh",
+    "--dry-run",
+    "--name",
+    "pods",
+    "--zone",
+    "us-east5-a",
+    "--type",
+    "v5p-32",
+    "--num_slices",
+    "2",
+    "--",
+    "--config=configs/smollm3_3b.py",
+    "--workdir=/mnt/run",
+  )
+  lines = out.strip().splitlines()
+  assert lines[0] == "would create: 2 slices of v5p-32 as queued resource pods"
+  assert lines[1].startswith(
+    "gcloud compute tpus queued-resources create pods --zone us-east5-a --accelerator-type v5p-32"
+  )
+  assert "--node-count 2 --node-prefix pods" in lines[1]
+  remote = [line for line in lines if " ssh " in line or " scp " in line]
+  assert len(remote) == 3
+  assert all("queued-resources" in line and "--node=all --worker=all" in line for line in remote)
+  assert lines[-1].endswith("--workdir=/mnt/run --config.mesh.dcn_data=2 '")
+
+
 def test_slurm_dry_run():
   out = bash(
     "launch/slurm.sbatch", "--dry-run", "--config=configs/smollm3_3b.py", "--workdir=/shared/run"
   )
-  assert out.startswith("srun --kill-on-bad-exit=1 --gpus-per-task=1 ")
-  assert "-m nopejax.train --config=configs/smollm3_3b.py --workdir=/shared/run" in out
+  assert out.startswith("srun --kill-on-bad-exit=1 ")
+  assert "--gpus-per-task" not in out and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in out
+  assert out.endswith("-m nopejax.train --config=configs/smollm3_3b.py --workdir=/shared/run \n")
+  # On GPU nodes (sbatch --gpus-per-node) each task gets one GPU, and the CPUs sbatch gave it.
+  out = bash(
+    "launch/slurm.sbatch",
+    "--dry-run",
+    "--module",
+    "nopejax.sweep",
+    "--config=configs/tiny.py",
+    "--workdir=/shared/sweep",
+    env={"SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "12"},
+  )
+  assert out.startswith(
+    "srun --kill-on-bad-exit=1 --cpus-per-task=12 --gpus-per-task=1 "
+    "env XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 "
+  )
+  assert out.endswith("-m nopejax.sweep --config=configs/tiny.py --workdir=/shared/sweep \n")
 
 
 def test_multiprocess_dry_run():
@@ -99,27 +138,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-REAL_TRAIN_ITER = pipeline.train_iter
-
-
-class TwoShards:
-  """One process reading both processes' shards: the global batch two processes would see."""
-
-  def __init__(self, data_cfg, **_):
-    self.shards = [REAL_TRAIN_ITER(data_cfg, process_index=i, process_count=2) for i in range(2)]
-
-  def __next__(self):
-    parts = [next(s) for s in self.shards]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-  def get_state(self):
-    return [s.get_state() for s in self.shards]
-
-  def set_state(self, state):
-    for s, st in zip(self.shards, state):
-      s.set_state(st)
-
-
 @pytest.mark.xdist_group("multiprocess")  # one gloo job at a time: they load the same 2 cores
 def test_two_processes_match_one(tmp_path, monkeypatch):
   data_dir, steps = str(tmp_path / "data"), 8
@@ -142,7 +160,6 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     env={"PYTHON": sys.executable},
     logs=["/tmp/nopejax_process_1.log"],
   )
-  monkeypatch.setattr(pipeline, "train_iter", TwoShards)
   cfg = tiny.get_config()
   cfg.data.data_dir, cfg.train.steps, cfg.train.log_every, cfg.train.eval_every = (
     data_dir,
@@ -150,14 +167,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
     1,
     4,
   )
-  loop.run(experiment.resolve(cfg), str(tmp_path / "one"))
-  read = lambda d: [json.loads(line) for line in open(tmp_path / d / "metrics.jsonl")]
-  two, one = read("two"), read("one")
-  assert [r["step"] for r in two] == [r["step"] for r in one]
-  for a, b in zip(two, one):
-    for key in ("loss", "val_loss"):
-      if key in b:
-        assert a[key] == pytest.approx(b[key], rel=1e-5), (a, b)
+  checks.assert_two_processes_match_one(tmp_path / "two", cfg, tmp_path / "one", monkeypatch)
 
 
 @pytest.mark.xdist_group("multiprocess")

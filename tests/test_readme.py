@@ -15,8 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COVERED_ELSEWHERE = {
   "bash launch/demo.sh": "tests/test_sweep.py::test_demo_launcher_runs_a_tiny_sweep_end_to_end",
   "bash launch/test.sh": ".ci/run",
+  # Before the one-slice prefix: the first prefix a command starts with names its test.
+  "bash launch/tpu_vm.sh --num_slices": (
+    "tests/test_launch.py::test_tpu_vm_multislice_dry_run_creates_a_queued_resource"
+  ),
   "bash launch/tpu_vm.sh": "tests/test_launch.py::test_tpu_vm_dry_run",
-  "sbatch --nodes=2 launch/slurm.sbatch": "tests/test_launch.py::test_slurm_dry_run",
+  "sbatch --nodes=2": "tests/test_slurm.py::test_two_tasks_match_one_process",
+  "python -m nopejax.sweep --config=configs/lengthgen.py --workdir=/shared/lengthgen "
+  "--launcher=slurm": "tests/test_slurm.py::test_sweep_runs_as_a_job_array_and_reports_every_run",
   "bash launch/multiprocess.sh": "tests/test_launch.py::test_two_processes_match_one",
   "bash launch/bench_gpu.sh": (
     "tests/test_bench.py::test_bench_gpu_dry_run_prints_the_bench_command"
@@ -40,6 +46,9 @@ COVERED_ELSEWHERE = {
   ),
   "python -m nopejax.bench --config=configs/long_context.py": (
     "tests/test_bench.py::test_long_context_bench_takes_the_flash_path"
+  ),
+  "python -m nopejax.aot --config=configs/smollm3_3b.py --topology=v5p:2x2x1 --num_slices": (
+    "tests/test_aot.py::test_tiny_compiles_for_two_slices"
   ),
   "python -m nopejax.aot --config=configs/smollm3_3b.py:seq_len=65536": (
     "tests/test_aot.py::test_long_sequences_compile_with_context_parallelism_and_bias_layers_on_flash"

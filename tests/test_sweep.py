@@ -240,3 +240,30 @@ def test_lengthgen_knows_the_frontier_schemes_and_each_resolves():
   assert by_scheme["t5_shared"].data.random_positions_max == 0
   for scheme in set(module.SCHEMES) - set(module.FRONTIER):  # the rest resolve too
     experiment.resolve(module.get_config(f"scheme={scheme},task=sort"))
+
+
+def test_slurm_launcher_submits_the_runs_as_one_job_array(tmp_path, monkeypatch):
+  """The command `--launcher=slurm` submits (tests/test_slurm.py runs it on a real cluster)."""
+  monkeypatch.chdir(ROOT)
+  runs = sweep.expand(*sweep.load_config_module("configs/tiny.py:steps=6"))
+  argv, logs = sweep.slurm_command(
+    "configs/tiny.py:steps=6", str(tmp_path / "s"), runs, sbatch_args=["--time=1:00:00"]
+  )
+  assert logs == f"{tmp_path}/s/slurm-%A_%a.out"
+  assert argv == [
+    "sbatch",
+    "--parsable",
+    "--wait",
+    "--array=0-1",
+    f"--output={logs}",
+    "--time=1:00:00",
+    os.path.join(ROOT, "launch", "slurm.sbatch"),
+    *("--module", "nopejax.sweep"),
+    f"--config={ROOT}/configs/tiny.py:steps=6",  # absolute: the tasks run in the checkout
+    f"--workdir={tmp_path}/s",
+    "--launcher=slurm_task",
+    "--evaluate",
+  ]
+  monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+  with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID='2' names none of the 2 runs"):
+    sweep.run_slurm_task(runs, str(tmp_path / "s"))

@@ -1,19 +1,22 @@
 """Sweeps behind `python -m nopejax.sweep`: the config file's `get_sweep(arg)` (a list of
 {dotted key: value} overrides) expanded into runs, each in DIR/<its overrides>.
 
-`run_local` trains them one after another in this process (finished runs are skipped,
-unfinished ones resume) and evaluates each into DIR/<run>/eval as it finishes (reused while its
-newest checkpoint and eval group are unchanged), then compares them all in one table and plot
-in DIR/eval and writes a summary of final metrics to DIR/summary.md; `commands` gives one
-train command per run instead.
+`run_one` trains one run (skipped when finished, resumed when it saved) and evaluates it into
+DIR/<run>/eval (reused while its newest checkpoint and eval group are unchanged); `report`
+compares them all in one table and plot in DIR/eval and writes a summary of final metrics to
+DIR/summary.md. `run_local` runs each here, one after another, then the report; `run_slurm`
+submits them as one SLURM job array whose task i is run i, waits, then writes the same report;
+`commands` gives one train command per run instead.
 """
 
 import importlib.util
 import json
 import os
 import shlex
+import subprocess
+import sys
 
-from nopejax import experiment, storage
+from nopejax import cli, experiment, storage
 from nopejax.eval import runner
 from nopejax.train import loop, preemption
 
@@ -108,38 +111,35 @@ def commands(config, workdir, runs):
   return lines
 
 
-def run_local(runs, workdir, *, evaluate=True):
-  """Trains the runs one after another here (finished ones skipped, unfinished ones resumed),
-  each evaluated as it finishes; then the summary and, with `evaluate`, the comparison.
+def run_one(runs, i, workdir, *, evaluate=True):
+  """Trains run `i` of `runs` in DIR/<its name> (skipped when finished, resumed when it saved)
+  and, with `evaluate`, evaluates it into DIR/<its name>/eval (reused while unchanged).
 
-  Returns False when the sweep stopped early (SIGTERM), True when every run finished.
+  Returns False when SIGTERM stopped the run before its last step, else True.
   """
-  preemption.watch_sigterm()
-  for i, (name, _, cfg, _) in enumerate(runs):
-    run_dir = os.fspath(storage.path(workdir) / name)
-    if preemption.stop_requested():  # SIGTERM while the previous run was evaluated
-      print(
-        f"[{i + 1}/{len(runs)}] {name}: stopped by SIGTERM before this run; "
-        "run the sweep again to resume"
-      )
-      return False
-    if finished(cfg, run_dir):
-      print(f"[{i + 1}/{len(runs)}] {name}: finished, skipping")
-      if evaluate:  # a no-op when its evaluation is cached
-        runner.evaluate_runs([run_dir], cache=True)
-      continue
-    print(f"[{i + 1}/{len(runs)}] {name}: training in {run_dir}")
+  name, _, cfg, _ = runs[i]
+  run_dir = os.fspath(storage.path(workdir) / name)
+  tag = f"[{i + 1}/{len(runs)}] {name}"
+  if finished(cfg, run_dir):
+    print(f"{tag}: finished, skipping")
+  else:
+    print(f"{tag}: training in {run_dir}")
     try:
       loop.run(experiment.resolve(cfg), run_dir)
     except (ValueError, RuntimeError) as e:
       raise RunError(f"error in run {name}: {e}") from None
     if not finished(cfg, run_dir):
-      # The run saved and returned early: SIGTERM (preemption) stops the whole sweep, which
-      # resumes this run and skips the finished ones when started again.
-      print(f"[{i + 1}/{len(runs)}] {name}: preempted; run the sweep again to resume")
+      # The run saved and returned early (SIGTERM, preemption): the next call resumes it.
+      print(f"{tag}: preempted; run the sweep again to resume")
       return False
-    if evaluate:  # now, so a sweep stopped part-way has its finished runs evaluated
-      runner.evaluate_runs([run_dir], cache=True)
+  if evaluate:  # now, so a sweep stopped part-way has its finished runs evaluated
+    runner.evaluate_runs([run_dir], cache=True)
+  return True
+
+
+def report(runs, workdir, *, evaluate=True):
+  """DIR/summary.md of every run's last metrics and, with `evaluate`, their comparison in one
+  table and plot in DIR/eval (each run's own evaluation is reused)."""
   text = summary(runs, workdir)
   storage.write_text(storage.path(workdir) / "summary.md", text + "\n")
   print(text)
@@ -150,7 +150,115 @@ def run_local(runs, workdir, *, evaluate=True):
     out = os.fspath(storage.path(workdir) / "eval")
     print(runner.write_outputs(results, exp, out))
     print(f"wrote {out}/results.json, tables.md, accuracy.png")
+
+
+def run_local(runs, workdir, *, evaluate=True):
+  """Runs `run_one` for each run here, one after another, then the `report`.
+
+  Returns False when the sweep stopped early (SIGTERM), True when every run finished. A TERM
+  that arrives while a finished run is evaluated stops the sweep before the next run.
+  """
+  preemption.watch_sigterm()
+  for i, (name, *_) in enumerate(runs):
+    if preemption.stop_requested():
+      print(
+        f"[{i + 1}/{len(runs)}] {name}: stopped by SIGTERM before this run; "
+        "run the sweep again to resume"
+      )
+      return False
+    if not run_one(runs, i, workdir, evaluate=evaluate):
+      return False
+  report(runs, workdir, evaluate=evaluate)
   return True
+
+
+# launch/slurm.sbatch, beside the package in the checkout: each array task runs through it.
+SBATCH_SCRIPT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  "launch",
+  "slurm.sbatch",
+)
+
+
+def slurm_command(config, workdir, runs, *, evaluate=True, sbatch_args=()):
+  """(argv, log pattern) of the sbatch that submits `runs` as one job array: task i runs
+  `run_one` on run i (`python -m nopejax.sweep --launcher=slurm_task`), logging to the
+  pattern with %A the job id and %a the task."""
+  path, colon, arg = config.partition(":")
+  config = os.path.abspath(path) + colon + arg  # the tasks run in the checkout, not here
+  workdir = os.fspath(storage.path(workdir))
+  log_dir = os.getcwd() if storage.is_remote(workdir) else workdir  # sbatch writes local files
+  logs = os.path.join(log_dir, "slurm-%A_%a.out")
+  argv = [
+    "sbatch",
+    "--parsable",
+    "--wait",
+    f"--array=0-{len(runs) - 1}",
+    f"--output={logs}",
+    *sbatch_args,
+    SBATCH_SCRIPT,
+    "--module",
+    "nopejax.sweep",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    "--launcher=slurm_task",
+    "--evaluate" if evaluate else "--noevaluate",
+  ]
+  return argv, logs
+
+
+def run_slurm(config, runs, workdir, *, evaluate=True, sbatch_args=()):
+  """Submits the runs as one SLURM job array (`slurm_command`), waits for it, then writes the
+  `report` of them all; raises RunError naming each run that did not finish and its log."""
+  if not os.path.exists(SBATCH_SCRIPT):
+    raise ValueError(f"--launcher=slurm: no {SBATCH_SCRIPT} (it needs a checkout of nopejax)")
+  argv, logs = slurm_command(config, workdir, runs, evaluate=evaluate, sbatch_args=sbatch_args)
+  if not storage.is_remote(workdir):
+    os.makedirs(storage.path(workdir), exist_ok=True)  # sbatch opens the logs, not mkdir
+  try:
+    # The checkout is the submit directory, where slurm.sbatch finds the code; PYTHON is
+    # this interpreter, so the tasks run in this environment.
+    proc = subprocess.Popen(
+      argv,
+      cwd=os.path.dirname(os.path.dirname(SBATCH_SCRIPT)),
+      env=dict(os.environ, PYTHON=sys.executable),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+  except FileNotFoundError:
+    raise ValueError("--launcher=slurm: no sbatch on this machine's PATH") from None
+  job = proc.stdout.readline().split(";")[0].strip()  # --parsable: the id, then --wait
+  if job.isdigit():
+    print(f"job array {job}: {len(runs)} runs; waiting (logs: {logs})", flush=True)
+  error = proc.stderr.read()
+  proc.wait()
+  if not job.isdigit():
+    raise RunError(f"sbatch failed (status {proc.returncode}): {cli.one_line(error)}")
+  logs = logs.replace("%A", job)
+  unfinished = [
+    f"run {name} did not finish; see {logs.replace('%a', str(i))}"
+    for i, (name, _, cfg, _) in enumerate(runs)
+    if not finished(cfg, os.fspath(storage.path(workdir) / name))
+  ]
+  if unfinished:
+    raise RunError(f"job array {job}: " + "; ".join(unfinished))
+  if proc.returncode != 0:  # every run finished, but a task failed after (its evaluation)
+    raise RunError(f"job array {job} failed (sbatch status {proc.returncode}); see {logs}")
+  report(runs, workdir, evaluate=evaluate)
+
+
+def run_slurm_task(runs, workdir, *, evaluate=True):
+  """What one task of `run_slurm`'s job array runs: `run_one` on run $SLURM_ARRAY_TASK_ID.
+  A SIGTERM (preemption, requeue) saves the run, which the requeued task resumes."""
+  index = os.environ.get("SLURM_ARRAY_TASK_ID", "")
+  if not index.isdigit() or int(index) >= len(runs):
+    raise ValueError(
+      f"--launcher=slurm_task: SLURM_ARRAY_TASK_ID={index!r} names none of the {len(runs)} "
+      "runs (this launcher is what each task of --launcher=slurm's job array runs)"
+    )
+  preemption.watch_sigterm()
+  run_one(runs, int(index), workdir, evaluate=evaluate)
 
 
 class RunError(Exception):
