@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -319,3 +320,15 @@ def test_gpu_and_cpu_bench_configs_resolve():
     cpu.d_ff,
     cpu.vocab_size,
   ) == (4, 256, 4, 2, 1024, 256)
+
+
+def test_cpu_devices_of_one_process_share_its_peak():
+  """Host devices split one process's cores: the peak counts processes, not CPU devices; chips
+  count each device."""
+  device = lambda platform, process, kind: types.SimpleNamespace(
+    platform=platform, process_index=process, device_kind=kind
+  )
+  cpus = [device("cpu", p, "cpu") for p in (0, 0, 0, 0, 1, 1, 1, 1)]
+  assert efficiency.peak_flops_total(cpus, given=1e11) == (2e11, "--peak_flops")
+  chips = [device("tpu", 0, "TPU v5 lite")] * 4
+  assert efficiency.peak_flops_total(chips) == (4 * 197e12, "table:v5e bf16")

@@ -18,7 +18,7 @@ import numpy as np
 
 from nopejax.model import decoder
 from nopejax.train import build as build_lib
-from nopejax.train.efficiency import mfu_fields, peak_flops, peak_memory
+from nopejax.train.efficiency import mfu_fields, peak_flops_total, peak_memory
 
 CPU_BF16_NOTE = (
   "bf16 on a CPU: XLA's CPU dots do not reach AMX or AVX512-BF16 (every XLA CPU flag tried, on "
@@ -145,8 +145,7 @@ def run(exp, *, steps=20, warmup=2, peak=None, compare_torch=False):
   seq_len, batch_size = exp.data.seq_len, exp.data.batch_size
   tokens = seq_len * batch_size
   device = jax.devices()[0]
-  peak_per_device, peak_source = peak_flops(device, peak)
-  peak_total = peak_per_device * jax.device_count()
+  peak_total, peak_source = peak_flops_total(given=peak)
   batch = synthetic_batch(spec.vocab_size, batch_size, seq_len, exp.train.seed)
 
   ours = JaxStepper(exp, batch)

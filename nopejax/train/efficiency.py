@@ -124,6 +124,16 @@ def peak_flops(device, given=None):
   )
 
 
+def peak_flops_total(devices=None, given=None):
+  """(peak FLOP/s of `devices` together, where it came from). A process's CPU devices (several
+  with --xla_force_host_platform_device_count) share its cores: each process counts once."""
+  devices = jax.devices() if devices is None else devices
+  per_device, source = peak_flops(devices[0], given)
+  if devices[0].platform == "cpu":
+    return per_device * len({d.process_index for d in devices}), source
+  return per_device * len(devices), source
+
+
 def peak_memory(device):
   """(bytes, source): the device allocator's peak where it keeps one, else the process's max RSS."""
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
@@ -214,8 +224,7 @@ class Live:
     self.spec, self.seq_len = spec, seq_len
     self.device = jax.local_devices()[0]
     try:
-      per_device, self.peak_source = peak_flops(self.device)
-      self.peak_total = per_device * jax.device_count()
+      self.peak_total, self.peak_source = peak_flops_total()
     except ValueError as e:  # a device kind the table lacks: rows carry no MFU, the run goes on
       logging.warning("%s; the log rows carry no mfu", e)
       self.peak_total, self.peak_source = None, "unknown"
