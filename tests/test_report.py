@@ -48,6 +48,18 @@ def test_mrr_by_hand():
   assert means["nope", "copy"]["iid_exact_match"] == 1.0
   assert means["nope", "copy"]["sd_token_accuracy"] == pytest.approx(0.35)
   assert "| nope | 1.00 | 0.75 | 0.69 |" in report.markdown(means, mrr)
+  # Seed 0 is a tie at 0 exact match (rope shares rank 1 there); only seed 1 separates them.
+  groups = report._groups(report.scores(runs, {"copy": 2}))
+  assert list(report.informative(groups, ["nope", "rope"])) == [("copy", "1")]
+  scored, count = report.mean_reciprocal_ranks(
+    report.informative(groups, ["nope", "rope"]), ["nope", "rope"]
+  )
+  assert (
+    count == 1 and scored["nope"]["exact_match"] == 1.0 and scored["rope"]["exact_match"] == 0.5
+  )
+  text = report.markdown(means, mrr, informative_mrr=(scored, count))
+  assert "over the 1 task x seed groups" in text and "| rope | 0.50 |" in text
+  assert "No task x seed group" in report.markdown(means, mrr, informative_mrr=({}, 0))
 
 
 def _results(task, iid_em, ood_tok):

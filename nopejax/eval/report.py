@@ -10,7 +10,9 @@ per-token accuracy (which still separates schemes when exact match beyond the tr
 The paper's five schemes are ranked among themselves, so their MRR sits beside the paper's; when
 the sweeps hold other schemes (the per-layer hybrids), all schemes are also ranked together. Only
 (task, seed) groups holding every ranked scheme count, so a sweep stopped part-way reports the
-groups it finished. Runs below FIT exact match within the training lengths are listed: their
+groups it finished. A third table ranks by exact match over only the groups where some scheme
+scores above 0 beyond the training length (where all tie at 0, the ranks say nothing). Runs
+below FIT exact match within the training lengths are listed: their
 scores beyond it say more about fitting than about generalizing.
 """
 
@@ -86,6 +88,17 @@ def mean_reciprocal_ranks(groups, schemes):
   return dict(mrr), len(complete)
 
 
+def informative(groups, schemes):
+  """The (task, seed) groups where some of `schemes` has exact match above 0 beyond the training
+  length. In the others every scheme ties at 0 and shares rank 1, which says nothing about
+  them but lifts the MRR of the weak ones."""
+  return {
+    key: group
+    for key, group in groups.items()
+    if any(group[s]["exact_match"] > 0 for s in schemes if s in group)
+  }
+
+
 def summarize(runs, train_lengths, schemes=None):
   """(per-scheme-and-task means and seed spread, per-scheme MRR per metric) from
   {run name: results}; MRR ranks `schemes` (default: all of them) among themselves."""
@@ -124,8 +137,9 @@ def _mrr_table(title, mrr, count, paper):
   return lines
 
 
-def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=()):
-  """The report: MRR of the paper's schemes (and of all schemes), then per-task accuracies."""
+def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=(), informative_mrr=None):
+  """The report: MRR of the paper's schemes (and of all schemes), then per-task accuracies.
+  `informative_mrr`: (MRR, groups counted) by exact match over the `informative` groups only."""
   order = mrr_all or mrr
   schemes = sorted({s for s, _ in means}, key=lambda s: -order.get(s, {}).get("token_accuracy", 0))
   tasks = sorted({t for _, t in means})
@@ -143,6 +157,25 @@ def markdown(means, mrr, mrr_all=None, counts=(None, None), unfit=()):
     lines += [""] + _mrr_table(
       "All schemes ranked together ({count} task x seed groups):", mrr_all, counts[1], paper=False
     )
+  if informative_mrr and not informative_mrr[1]:
+    lines += [
+      "",
+      "No task x seed group has a scheme above 0 exact match beyond the training length.",
+    ]
+  elif informative_mrr:
+    scored, count = informative_mrr
+    lines += [
+      "",
+      f"Exact match over the {count} task x seed groups where some scheme scores above 0 "
+      "beyond the training length (in the others all tie at 0):",
+      "",
+      "| scheme | MRR (exact match) |",
+      "|---|---|",
+    ]
+    lines += [
+      f"| {s} | {scored[s]['exact_match']:.2f} |"
+      for s in sorted(scored, key=lambda s: -scored[s]["exact_match"])
+    ]
   for metric in METRICS:
     lines += [
       "",
@@ -279,10 +312,12 @@ def report(runs, train_lengths, paths):
   mrr_all, n_all = (
     mean_reciprocal_ranks(groups, present) if set(present) - set(paper) else (None, None)
   )
+  ranked = present if mrr_all else paper
+  informative_mrr = mean_reciprocal_ranks(informative(groups, ranked), ranked)
   unfit = [(name, m["iid_exact_match"]) for name, m in scored.items() if m["iid_exact_match"] < FIT]
   train, evaluate = np.sum([compute_seconds(path) for path in paths.values()], axis=0)
   return (
-    markdown(means, mrr, mrr_all, (n_paper, n_all), unfit)
+    markdown(means, mrr, mrr_all, (n_paper, n_all), unfit, informative_mrr)
     + f"\n\nCompute: {len(runs)} runs, {train / 3600:.2f} h of training steps and "
     f"{evaluate / 3600:.2f} h of evaluation."
   )
