@@ -139,8 +139,8 @@ CASES = {
   ),
   "sweep-bad-launcher": (
     "nopejax.sweep",
-    ["--config=configs/lengthgen.py", "--workdir={tmp}", "--launcher=slurm"],
-    "error: --launcher: value should be one of <local|print> (got 'slurm')",
+    ["--config=configs/lengthgen.py", "--workdir={tmp}", "--launcher=kubernetes"],
+    "error: --launcher: value should be one of <local|slurm|print|slurm_task> (got 'kubernetes')",
   ),
   # report
   "report-missing-sweep": (
