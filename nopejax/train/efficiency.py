@@ -221,7 +221,8 @@ class Live:
   this process's first device (its allocator's peak, else the process's max RSS)."""
 
   def __init__(self, spec, seq_len):
-    self.spec, self.seq_len = spec, seq_len
+    self.flops = flops_per_token(spec, seq_len)  # once: every row's MFU uses the same counts
+    self.flops_full = flops_per_token(spec, seq_len, masked=False)
     self.device = jax.local_devices()[0]
     try:
       self.peak_total, self.peak_source = peak_flops_total()
@@ -232,8 +233,8 @@ class Live:
   def startup(self):
     """The fields that do not change during a run (the first row carries them)."""
     return {
-      "flops_per_token": flops_per_token(self.spec, self.seq_len),
-      "flops_per_token_full_attention": flops_per_token(self.spec, self.seq_len, masked=False),
+      "flops_per_token": self.flops,
+      "flops_per_token_full_attention": self.flops_full,
       "peak_flops": self.peak_total or 0.0,
       "peak_source": self.peak_source,
       "memory_source": peak_memory(self.device)[1],
@@ -242,6 +243,6 @@ class Live:
   def fields(self, tokens_per_s):
     row = {"peak_memory_gib": peak_memory(self.device)[0] / 2**30}
     if self.peak_total:
-      mfu = mfu_fields(self.spec, self.seq_len, tokens_per_s, self.peak_total)
-      row.update(mfu=mfu["mfu"], mfu_full_attention=mfu["mfu_full_attention"])
+      row["mfu"] = tokens_per_s * self.flops / self.peak_total
+      row["mfu_full_attention"] = tokens_per_s * self.flops_full / self.peak_total
     return row
