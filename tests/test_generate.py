@@ -166,3 +166,25 @@ def test_learned_positions_past_max_len_are_refused():
     ValueError, match=r"length 10 \(prompt \+ generated\) needs 10 positions .* model.max_len=8"
   ):
     decode.generate(cfg, params, [[1, 2, 3, 4, 5]], 6)
+
+
+def test_cpu_decode_program_takes_eigen_dots():
+  """On the CPU `decode` runs the program compiled without YNNPACK's dot fusions (slower for its
+  [batch, d] rows: generate.CPU_DECODE_OPTIONS); the prefill keeps them."""
+  cfg = tiny(positions="rope")
+  spec = config_lib.resolve(cfg)
+  params = nopejax.init(cfg, jax.random.key(0))
+  tokens, positions, segments, cache_len = decode.layout(_prompts(), 4)
+  prefill = decode.prefill.lower(
+    params, tokens, positions, segments, spec=spec, cache_len=cache_len, chunk=1024
+  ).compile()
+  assert "__ynn_fusion" in prefill.as_text()
+  _, cache = prefill(params, tokens, positions, segments)
+  args = (params, cache, jnp.ones(3, jnp.int32), jnp.asarray(positions[:, -1] + 1))
+  args += (jnp.int32(tokens.shape[1]), jax.random.split(jax.random.key(0), 3))
+  static = dict(spec=spec, cache_len=cache_len, temperature=0.0)
+  program = decode._decode_cpu.lower(*args, **static).compile().as_text()
+  assert "__ynn_fusion" not in program and "dot" in program
+  before = decode._decode_cpu._cache_size()
+  out, _ = decode.decode(*args, **static)
+  assert out.shape == (3, 3) and decode._decode_cpu._cache_size() == before + 1

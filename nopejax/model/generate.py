@@ -27,6 +27,12 @@ from nopejax.model import decoder
 from nopejax.model import spec as spec_lib
 
 PREFILL_CHUNK = 1024  # prompt tokens per prefill pass: attention logits of [chunk, cache length]
+# The decode program's XLA options. A step's dots are [batch, d] rows against whole weight
+# matrices; on the CPU, XLA's YNNPACK dot fusions run them 20-30% slower than its Eigen dots (AMD
+# EPYC, the bench_cpu shape: 10.1 against 8.1 ms a step; README Performance), so the decode
+# program keeps them off there (other backends' compilers are not given the CPU option); prefill
+# and training keep YNNPACK.
+CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def left_pad(prompts, pad_id, multiple=16):
@@ -86,12 +92,8 @@ def prefill(params, tokens_BP, positions_BP, segments_BP, *, spec, cache_len, ch
   return last_NBV[-1], cache
 
 
-@functools.partial(
-  jax.jit, static_argnames=("spec", "cache_len", "temperature"), donate_argnames=("cache",)
-)
-def decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temperature):
-  """(int32 [B, N], the cache): token_B (the prompt's next token) fed back N times, one cache
-  slot written in place per step; the cache buffers are donated and come back updated."""
+def _decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temperature):
+  """`decode`'s program: a `lax.scan` of N steps over the carried cache."""
   B = token_B.shape[0]
   model = decoder.Decoder(spec, cache_len=cache_len)
 
@@ -110,6 +112,29 @@ def decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temp
 
   (cache, *_), out_NB = jax.lax.scan(step, (cache, token_B, pos_B, index), rng_N)
   return out_NB.T, cache
+
+
+_DECODE_JIT = dict(static_argnames=("spec", "cache_len", "temperature"), donate_argnames=("cache",))
+_decode_cpu = jax.jit(_decode, compiler_options=CPU_DECODE_OPTIONS, **_DECODE_JIT)
+_decode_any = jax.jit(_decode, **_DECODE_JIT)
+
+
+def decode(params, cache, token_B, pos_B, index, rng_N, *, spec, cache_len, temperature):
+  """(int32 [B, N], the cache): token_B (the prompt's next token) fed back N times, one cache
+  slot written in place per step; the cache buffers are donated and come back updated. One
+  jitted program, compiled with CPU_DECODE_OPTIONS on the CPU."""
+  program = _decode_cpu if jax.default_backend() == "cpu" else _decode_any
+  return program(
+    params,
+    cache,
+    token_B,
+    pos_B,
+    index,
+    rng_N,
+    spec=spec,
+    cache_len=cache_len,
+    temperature=temperature,
+  )
 
 
 def layout(prompts, max_new_tokens, *, pad_id=0, multiple=16, prefill_chunk=PREFILL_CHUNK):
