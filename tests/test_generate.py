@@ -185,6 +185,6 @@ def test_cpu_decode_program_takes_eigen_dots():
   static = dict(spec=spec, cache_len=cache_len, temperature=0.0)
   program = decode._decode_cpu.lower(*args, **static).compile().as_text()
   assert "__ynn_fusion" not in program and "dot" in program
-  before = decode._decode_cpu._cache_size()
-  out, _ = decode.decode(*args, **static)
-  assert out.shape == (3, 3) and decode._decode_cpu._cache_size() == before + 1
+  out, _ = decode.decode(*args, **static)  # compiles or reuses _decode_cpu, never _decode_any
+  assert out.shape == (3, 3) and decode._decode_cpu._cache_size() >= 1
+  assert decode._decode_any._cache_size() == 0
