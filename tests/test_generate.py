@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import nopejax
+from nopejax.model import cpu_kernels
 from nopejax.model import decoder as model_lib
 from nopejax.model import generate as decode
 from nopejax.model import spec as config_lib
@@ -168,9 +169,10 @@ def test_learned_positions_past_max_len_are_refused():
     decode.generate(cfg, params, [[1, 2, 3, 4, 5]], 6)
 
 
-def test_cpu_decode_program_takes_eigen_dots():
+def test_cpu_decode_program_takes_eigen_dots_and_the_attention_kernel():
   """On the CPU `decode` runs the program compiled without YNNPACK's dot fusions (slower for its
-  [batch, d] rows: generate.CPU_DECODE_OPTIONS); the prefill keeps them."""
+  [batch, d] rows: generate.CPU_DECODE_OPTIONS) and with the decode-attention kernel; the prefill
+  keeps them and XLA's attention."""
   cfg = tiny(positions="rope")
   spec = config_lib.resolve(cfg)
   params = nopejax.init(cfg, jax.random.key(0))
@@ -185,6 +187,9 @@ def test_cpu_decode_program_takes_eigen_dots():
   static = dict(spec=spec, cache_len=cache_len, temperature=0.0)
   program = decode._decode_cpu.lower(*args, **static).compile().as_text()
   assert "__ynn_fusion" not in program and "dot" in program
+  # Attention through the CPU kernel (cpu_kernels.py): once per layer of the scanned period.
+  assert program.count(f'custom_call_target="{cpu_kernels.TARGET}"') == len(spec.period)
+  assert cpu_kernels.TARGET not in prefill.as_text()
   out, _ = decode.decode(*args, **static)  # compiles or reuses _decode_cpu, never _decode_any
   assert out.shape == (3, 3) and decode._decode_cpu._cache_size() >= 1
   assert decode._decode_any._cache_size() == 0

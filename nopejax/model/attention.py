@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nopejax.model import cpu_kernels
 from nopejax.model.schemes.base import Bias, ContentBias
 
 NEG_INF = -1e30  # finite, so fully masked rows of the flash path give no NaN
@@ -107,6 +108,29 @@ def reference(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
     for v, end in zip(v_parts, ends)
   )
   return jnp.transpose(out_BKGTH, (0, 3, 1, 2, 4)).reshape(B, T, N, H)
+
+
+def decode_kernel(q_BTNH, k_cache, v_cache, repeat, k_new_BTKH, v_new_BTKH, keys, bias_fn=None):
+  """One decoding step (T = 1) through the CPU kernel (cpu_kernels.py): `reference`'s result,
+  with the layer's cache read in place. k_cache, v_cache: the cache arrays as the Attention layer
+  holds them ([B, K, S, H], or stacked over the period's repeats with `repeat` the layer's); the
+  step's own key and value come apart, as `reference`'s second parts."""
+  B, T, N, H = q_BTNH.shape
+  K = k_new_BTKH.shape[2]
+  mask_BTS = jnp.where(keys.mask(), 0.0, NEG_INF)
+  bias_BNTS = jnp.broadcast_to(mask_BTS[:, None], (B, N, *mask_BTS.shape[1:]))
+  if bias_fn is not None:
+    bias_BNTS = bias_BNTS + bias_fn(keys.q_pos_BT, keys.k_pos_BS)
+  out_BKGH = cpu_kernels.decode_attention(
+    q_BTNH.reshape(B, K, N // K, H),
+    k_cache,
+    v_cache,
+    0 if repeat is None else repeat,
+    k_new_BTKH.reshape(B, K, H),
+    v_new_BTKH.reshape(B, K, H),
+    bias_BNTS.reshape(B, K, N // K, -1),
+  )
+  return out_BKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
 
 
 def xla(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn: BiasFn = None):
@@ -619,13 +643,24 @@ def choose(
   on a CPU, takes the JAX flash path (memory linear in length, biases per block); short CPU
   layers the reference einsum, the fastest there at training lengths. The kernels need queries
   and keys to be the same tokens (key_length None or == length; not so when decoding from a KV
-  cache). Layers with a content-dependent bias (CoPE) always take the reference path.
+  cache). Layers with a content-dependent bias (CoPE) always take the reference path. A CPU
+  decoding step (one query against a cache) of an fp32 model takes `decode_kernel` where the
+  kernel builds (cpu_kernels.py).
   """
   if content:
     return "reference"
   if impl != "auto":
     return impl
   backend = backend or _backend()
+  if (
+    backend == "cpu"
+    and length == 1
+    and key_length not in (None, 1)
+    and dtype is not None
+    and jnp.dtype(dtype) == jnp.dtype(jnp.float32)
+    and cpu_kernels.available()
+  ):
+    return "decode_kernel"
   kernel = not has_bias and key_length in (None, length)
   if (
     kernel

@@ -173,20 +173,14 @@ class Attention(nn.Module):
       key_length=keys.k_idx_S.shape[0],
       documents=keys.documents,
     )
-    if impl != "reference":  # a decoding step's (cache, new) parts: one array for this path
-      k_BSKH, v_BSKH = attention.joined(k_BSKH), attention.joined(v_BSKH)
     _log_path(tuple(i for i, t in enumerate(s.layers) if t == layer), str(layer), impl)
-    path = attention.PATHS[impl]
-    if impl == "flash":
-      path = functools.partial(path, block_size=s.block_size)
-    elif impl == "splash":
-      path = functools.partial(path, block_size=s.block_size, partition=_splash_partition())
-    if context.size > 1:
-      out_BTNH = attention.context_parallel(
-        path, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, context=context, **_partition(bias_fn)
+    if impl == "decode_kernel":  # the cache as it was, read in place; the step's parts apart
+      cache = self.variables["cache"]
+      out_BTNH = attention.decode_kernel(
+        q_BTNH, cache["k"], cache["v"], repeat, k_BSKH[1], v_BSKH[1], keys, bias_fn
       )
     else:
-      out_BTNH = path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
+      out_BTNH = self._attend(impl, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, context)
     out_BTNH = checkpoint_name(out_BTNH, "attention_out")
     if self.cache_len:
       for n, x in store(out_BTNH[0, 0, 0, 0]).items():
@@ -200,6 +194,22 @@ class Attention(nn.Module):
       s.param_dtype,
     )
     return dense(out_BTNH.astype(s.dtype), w_NHD.astype(s.dtype), 2)  # BTNH,NHD->BTD
+
+  def _attend(self, impl, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, context):
+    """Attention output [B, T, N, H] by one of attention.PATHS."""
+    s = self.spec
+    if impl != "reference":  # a decoding step's (cache, new) parts: one array for this path
+      k_BSKH, v_BSKH = attention.joined(k_BSKH), attention.joined(v_BSKH)
+    path = attention.PATHS[impl]
+    if impl == "flash":
+      path = functools.partial(path, block_size=s.block_size)
+    elif impl == "splash":
+      path = functools.partial(path, block_size=s.block_size, partition=_splash_partition())
+    if context.size > 1:
+      return attention.context_parallel(
+        path, q_BTNH, k_BSKH, v_BSKH, keys, bias_fn, context=context, **_partition(bias_fn)
+      )
+    return path(q_BTNH, k_BSKH, v_BSKH, keys, bias_fn)
 
 
 class MLP(nn.Module):
