@@ -64,8 +64,8 @@ FRONTIER = (
   "nope_ssmax",
   "t5_shared",
   "rope_random",
-  "nope_random",
-)
+)  # nope_random is not swept: a NoPE model never reads positions, so it trains bit for bit as
+# nope does (docs/results/runs/checks, tests/test_frontier.py); `schemes=nope_random` runs it
 
 
 def _arg(arg):

@@ -326,9 +326,15 @@ def test_position_dependent_schemes_are_not_shift_invariant(overrides):
 
 
 @pytest.mark.parametrize(
-  "overrides", [dict(positions="cope"), dict(positions="nope", query_scaling="headscale")]
+  "overrides",
+  [
+    dict(positions="nope"),
+    dict(positions="cope"),
+    dict(positions="nope", query_scaling="headscale"),
+  ],
 )
 def test_content_schemes_ignore_positions(overrides):
+  """Plain NoPE too: so NoPE trained with randomized positions is NoPE."""
   cfg = tiny(**overrides)
   scrambled = jax.random.randint(jax.random.key(3), (1, 10), 0, 5000)
   np.testing.assert_allclose(

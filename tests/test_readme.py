@@ -129,6 +129,8 @@ def _run_section(section, tmp_path):
     assert proc.returncode == 0, f"README command failed: {command}\n{proc.stderr[-3000:]}"
 
 
-@pytest.mark.parametrize("section", ["Commands", "Data", "Evaluation", "Results"])
+@pytest.mark.parametrize(
+  "section", ["Commands", "Data", "Evaluation", "Results", "Results, second edition"]
+)
 def test_readme_section_commands_run(section, tmp_path):
   _run_section(section, tmp_path)

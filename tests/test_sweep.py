@@ -219,6 +219,49 @@ def test_text_passkey_stage_starts_each_scheme_from_its_language_model():
     sweep.expand(module, "patterns=alibi")
 
 
+def test_text_long_sweeps_the_second_edition_schemes_at_2048_on_the_flash_path():
+  from nopejax import experiment
+
+  module, _ = sweep.load_config_module(os.path.join(ROOT, "configs/text.py"))
+  runs = sweep.expand(module, "long")
+  names = [name for name, _, _, _ in runs]
+  assert names == [
+    "scheme=rope",
+    "scheme=nope",
+    "scheme=nope_ssmax",
+    "scheme=smollm3",
+    "scheme=rnope_swa",
+    "scheme=llama4",
+  ]
+  exps = {name: experiment.resolve(cfg) for name, _, cfg, _ in runs}
+  for exp in exps.values():  # the first edition's tokens per step, trained on the flash path
+    assert (exp.data.seq_len, exp.data.batch_size, exp.model.flash_above) == (2048, 2, 1024)
+    assert exp.eval.lm_lengths_for(exp.data.seq_len) == [1024, 2048, 4096, 8192, 16384, 32768]
+    assert list(exp.eval.kind_names) == ["lm"]
+  patterns = {name: [str(layer) for layer in exp.model.layers] for name, exp in exps.items()}
+  assert patterns["scheme=smollm3"] == ["rope", "rope", "rope", "nope"]
+  assert patterns["scheme=nope_ssmax"] == ["nope[ssmax]"] * 4
+  assert patterns["scheme=rnope_swa"] == ["rope@sliding:512"] * 3 + ["nope"]
+  assert patterns["scheme=llama4"] == ["rope@chunked:512"] * 3 + ["nope[llama4]"]
+  assert exps["scheme=llama4"].model.temperature_floor_scale == 512.0
+  stage2 = sweep.expand(module, "long,schemes=nope_ssmax+llama4,passkey_from=runs/text_long")
+  assert [cfg.train.init_from for _, _, cfg, _ in stage2] == [
+    "runs/text_long/scheme=nope_ssmax",
+    "runs/text_long/scheme=llama4",
+  ]
+  cfg = stage2[0][2]
+  assert tuple(cfg.data.passkey_train_lengths) == (1024, 2048) and cfg.eval.kinds == "passkey"
+  assert max(cfg.data.passkey_lengths) == 16384
+  small = sweep.expand(module, "long,runlocal,schemes=rnope_swa")[0][2]  # windows shrink too
+  assert (small.model.positions, small.data.seq_len, small.model.flash_above) == (
+    "rnope_swa:16",
+    64,
+    32,
+  )
+  with pytest.raises(ValueError, match="config arg schemes: unknown alibi"):
+    sweep.expand(module, "long,schemes=alibi")
+
+
 def test_lengthgen_knows_the_frontier_schemes_and_each_resolves():
   from nopejax import experiment
 
@@ -238,6 +281,8 @@ def test_lengthgen_knows_the_frontier_schemes_and_each_resolves():
   assert experiment.resolve(by_scheme["t5_shared"]).model.t5_shared
   assert by_scheme["rope_random"].data.random_positions_max == 256
   assert by_scheme["t5_shared"].data.random_positions_max == 0
+  assert "nope_random" not in by_scheme  # NoPE never reads positions: it would train as nope
+  assert module.get_config("scheme=nope_random").data.random_positions_max == 256
   for scheme in set(module.SCHEMES) - set(module.FRONTIER):  # the rest resolve too
     experiment.resolve(module.get_config(f"scheme={scheme},task=sort"))
 
